@@ -1,0 +1,3 @@
+"""tokenbook: attribute, count, price and watch every LLM token crossing an Envoy gateway."""
+
+__version__ = "0.1.0"

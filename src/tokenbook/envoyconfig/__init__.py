@@ -1,0 +1,1 @@
+"""`tokenbook envoy-config`: the Envoy bootstrap and snippet for the routing contract."""

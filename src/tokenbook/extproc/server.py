@@ -1,0 +1,67 @@
+"""The grpc.aio server: ext_proc, the standard gRPC health service, and the admin API."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tokenbook.extproc.admin import KeyRegistryService
+from tokenbook.extproc.service import ExternalProcessor
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+ADMIN_SERVICE = "tokenbook.v1.KeyRegistry"
+
+
+class GrpcServer:
+    """Owns the grpc.aio server and its health status; the app drives its lifecycle."""
+
+    def __init__(
+        self,
+        listen: str,
+        processor: ExternalProcessor,
+        admin: KeyRegistryService | None,
+    ) -> None:
+        # Envoy multiplexes every ext_proc stream over a few HTTP/2 connections: allow many
+        # concurrent streams, and keepalive pings from Envoy.
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_concurrent_streams", 100_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(processor, self._server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.admin_enabled = admin is not None
+        if admin is not None:
+            from tokenbook.v1 import registry_pb2_grpc
+
+            registry_pb2_grpc.add_KeyRegistryServicer_to_server(admin, self._server)
+        self.port = self._server.add_insecure_port(listen)
+        if self.port == 0 and not listen.startswith("unix:"):
+            raise OSError(f"cannot listen on {listen}")
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        services = ["", EXT_PROC_SERVICE] + ([ADMIN_SERVICE] if self.admin_enabled else [])
+        for name in services:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new streams, let open ones finish for up to `grace_s`, then cancel the rest."""
+        await self.set_serving(False)
+        await self._server.stop(grace_s)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,119 @@
+"""The meter's work for one response: feed the body to a usage adapter and book the result.
+
+One `MeterSession` per ext_proc stream (per HTTP request), plain Python values only. The extproc
+layer calls the `on_*` methods in Envoy's order and `close()` when the gRPC stream ends for any
+reason; a session books exactly once:
+
+- at the end-of-stream body message (or response headers with end_of_stream) -> normal booking;
+- at `close()` without an end-of-stream -> the stream was cut: booked as ``aborted`` with what
+  the adapter could tell (stated numbers plus an estimate, marked ``source="estimated"``).
+
+Nothing here can fail the user's request: the meter runs in observability mode, Envoy never
+waits for it. Internal errors are counted and the booking still happens with what is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from tokenbook.booking import Booker, Booking, outcome_for
+from tokenbook.requestinfo import RequestInfo, model_from_path
+from tokenbook.usage import open_adapter
+from tokenbook.usage.types import Extraction, Reason, ResponseContext, Source, UsageAdapter
+
+log = logging.getLogger("tokenbook.meter")
+
+_ATTRIBUTION_FIELDS = ("key_id", "owner", "team", "agent", "workload")
+
+
+class MeterSession:
+    def __init__(
+        self,
+        booker: Booker,
+        *,
+        max_json_bytes: int,
+        dialects: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._booker = booker
+        self._max_json = max_json_bytes
+        self._dialects = dialects or {}
+        self._clock = clock
+        self._started = clock()
+        self._first_byte: float | None = None
+        self._req: RequestInfo | None = None
+        self._attribution: dict[str, str] = {}
+        self._status = 0
+        self._adapter: UsageAdapter | None = None
+        self._request_model: str | None = None
+        self.booked = False
+
+    def on_request_headers(self, req: RequestInfo, metadata: Mapping[str, str]) -> None:
+        self._req = req
+        # Attribution comes only from the gate's dynamic metadata: clients cannot set it.
+        self._attribution = {
+            name: str(metadata.get(name) or "unattributed") for name in _ATTRIBUTION_FIELDS
+        }
+        self._request_model = model_from_path(req.provider_path)
+
+    def on_response_headers(
+        self, status: int, headers: Sequence[tuple[str, str]], *, end_of_stream: bool
+    ) -> None:
+        req = self._req
+        if req is None or req.provider is None:
+            return  # not a tokenbook route, or request headers never seen: nothing to book
+        self._status = status
+        ctx = ResponseContext(
+            provider=req.provider,
+            path=req.provider_path,
+            query=req.query,
+            status=status,
+            request_headers=dict(req.headers),
+            response_headers=dict(headers),
+            request_model=self._request_model,
+            max_json_bytes=self._max_json,
+        )
+        self._adapter = open_adapter(ctx, dialect=self._dialects.get(req.provider))
+        if end_of_stream:
+            self._finish(end_of_stream=True)
+
+    def on_response_body(self, chunk: bytes, *, end_of_stream: bool) -> None:
+        if self._adapter is None:
+            return
+        if chunk:
+            if self._first_byte is None:
+                self._first_byte = self._clock()
+            self._adapter.feed(chunk)
+        if end_of_stream:
+            self._finish(end_of_stream=True)
+
+    def close(self) -> None:
+        """The gRPC stream ended; book now if the end of the body was never seen."""
+        if not self.booked and self._adapter is not None:
+            self._finish(end_of_stream=False)
+
+    def _finish(self, *, end_of_stream: bool) -> None:
+        if self.booked or self._adapter is None or self._req is None:
+            return
+        self.booked = True
+        try:
+            extraction = self._adapter.finish(end_of_stream=end_of_stream)
+        except Exception:  # an adapter bug must not lose the request: book it as usage_missing
+            log.exception("usage adapter failed for provider %s", self._req.provider)
+            extraction = Extraction(reason=Reason.PARSE_ERROR, source=Source.ESTIMATED)
+        now = self._clock()
+        model = extraction.model or self._request_model or "unknown"
+        self._booker.book(
+            Booking(
+                request_id=self._req.request_id,
+                provider=self._req.provider or "unknown",
+                model=model,
+                attribution=self._attribution,
+                extraction=extraction,
+                outcome=outcome_for(self._status, extraction, end_of_stream=end_of_stream),
+                duration_s=now - self._started,
+                ttft_s=(self._first_byte - self._started) if self._first_byte else None,
+            )
+        )

@@ -1,0 +1,1 @@
+"""Generated from protos/tokenbook/v1 by `make protos` (grpcio-tools). Do not edit."""

@@ -1,0 +1,257 @@
+"""In-process gRPC tests of the gate and the meter, speaking Envoy's ext_proc protocol.
+
+A real `App` (grpc.aio server, real Redis registry, real pricing, metrics on a fresh registry) on
+ephemeral ports; a grpc.aio client plays Envoy, sending the messages Envoy 1.40 sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tokenbook.app import App, Running
+from tokenbook.attribution.model import Attribution
+from tokenbook.attribution.registry import KeyRegistry
+from tokenbook.settings import load_settings
+from tokenbook.v1 import registry_pb2 as rpb
+from tokenbook.v1 import registry_pb2_grpc as rpb_grpc
+
+ADMIN_TOKEN = "in-process-admin-token"
+
+
+def _headers(pairs: Sequence[tuple[str, str]], *, end_of_stream: bool = False) -> pb.HttpHeaders:
+    return pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
+        ),
+        end_of_stream=end_of_stream,
+    )
+
+
+def _attrs(route: str, request_id: str) -> dict[str, struct_pb2.Struct]:
+    s = struct_pb2.Struct()
+    s.update({"xds.route_name": route, "request.id": request_id})
+    return {"envoy.filters.http.ext_proc": s}
+
+
+def request_headers_msg(
+    route: str, path: str, headers: Sequence[tuple[str, str]], request_id: str = "rid-1"
+) -> pb.ProcessingRequest:
+    base = [(":method", "POST"), (":path", path), (":authority", "gw"), *headers]
+    return pb.ProcessingRequest(
+        request_headers=_headers(base), attributes=_attrs(route, request_id)
+    )
+
+
+@pytest.fixture
+async def app(redis_url: str) -> AsyncIterator[Running]:
+    settings = load_settings(
+        {
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
+            "redis_url": redis_url,
+            "admin_token": ADMIN_TOKEN,
+        },
+        environ={},
+    )
+    application = App(settings, environ={})
+    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(application.run(ready.set_result))
+    running = await asyncio.wait_for(ready, 10)
+    yield running
+    running.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def _issue(redis_url: str) -> tuple[str, str]:
+    client = aioredis.from_url(redis_url)
+    try:
+        key, record = await KeyRegistry(client).issue(
+            Attribution(owner="alice", team="search", agent="crawler", workload="indexing"),
+            created_by="test",
+        )
+    finally:
+        await client.aclose()
+    return key, record.key_id
+
+
+async def _gate(port: int, msg: pb.ProcessingRequest) -> tuple[pb.ProcessingResponse, bool]:
+    """Send one request-headers message as the gate; return the answer and whether the server
+    ended the RPC by itself."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(metadata=(("x-tokenbook-filter", "gate"),))
+        await call.write(msg)
+        answer = await call.read()
+        ended = await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        return answer, ended
+
+
+async def test_gate_admits_with_attribution_and_strips_spoofed(
+    app: Running, redis_url: str
+) -> None:
+    key, key_id = await _issue(redis_url)
+    msg = request_headers_msg(
+        "openai",
+        "/openai/v1/chat/completions",
+        [
+            ("authorization", f"Bearer {key}"),
+            ("x-tokenbook-owner", "mallory"),
+            ("x-tokenbook-x", "1"),
+        ],
+    )
+    answer, ended = await _gate(app.grpc_port, msg)
+    assert ended, "the gate must end its RPC after answering"
+    assert answer.WhichOneof("response") == "request_headers"
+    mutation = answer.request_headers.response.header_mutation
+    set_headers = {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    assert set_headers["x-tokenbook-owner"] == "alice"
+    assert set_headers["x-tokenbook-key-id"] == key_id
+    assert "x-tokenbook-x" in mutation.remove_headers
+    assert "authorization" in mutation.remove_headers
+    meta = answer.dynamic_metadata.fields["tokenbook"].struct_value.fields
+    assert meta["team"].string_value == "search"
+    assert meta["request_id"].string_value == "rid-1"
+
+
+async def test_gate_refuses_unknown_key_with_openai_error(app: Running) -> None:
+    msg = request_headers_msg("openai", "/openai/v1/models", [("authorization", "Bearer nope")])
+    answer, _ = await _gate(app.grpc_port, msg)
+    assert answer.WhichOneof("response") == "immediate_response"
+    assert answer.immediate_response.status.code == 401
+    assert b'"unknown_key"' in answer.immediate_response.body
+    denied = app.metrics.registry.get_sample_value(
+        "tokenbook_gate_decisions_total", {"provider": "openai", "decision": "unknown_key"}
+    )
+    assert denied == 1.0
+
+
+async def test_meter_books_sse_and_ends_the_rpc_itself(app: Running, corpus_dir: object) -> None:
+    from pathlib import Path
+
+    body = (Path(str(corpus_dir)) / "openai/chat/stream_include_usage_reasoning.sse").read_bytes()
+    meta = struct_pb2.Struct()
+    meta.update({"key_id": "k1", "owner": "o", "team": "t", "agent": "a", "workload": "w"})
+    first = request_headers_msg("openai", "/openai/v1/chat/completions", [])
+    first.metadata_context.filter_metadata["tokenbook"].CopyFrom(meta)
+    first.observability_mode = True
+    msgs = [
+        first,
+        pb.ProcessingRequest(
+            response_headers=_headers([(":status", "200"), ("content-type", "text/event-stream")]),
+            observability_mode=True,
+        ),
+    ]
+    step = 211
+    for i in range(0, len(body), step):
+        msgs.append(
+            pb.ProcessingRequest(
+                response_body=pb.HttpBody(body=body[i : i + step]), observability_mode=True
+            )
+        )
+    msgs.append(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(
+            metadata=(("x-tokenbook-filter", "meter"),)
+        )
+        for m in msgs:
+            await call.write(m)
+        # No answers in observability mode; the server ends the RPC without our half-close.
+        assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+    labels = {
+        "token_type": "reasoning",
+        "provider": "openai",
+        "model": "gpt-5-nano-2025-08-07",
+        "owner": "o",
+        "team": "t",
+        "agent": "a",
+        "workload": "w",
+        "key_id": "k1",
+        "source": "reported",
+    }
+    reg = app.metrics.registry
+    assert reg.get_sample_value("tokenbook_tokens_total", labels) == 100.0
+    assert reg.get_sample_value("tokenbook_tokens_total", {**labels, "token_type": "input"}) == 12.0
+
+
+async def test_meter_books_a_cut_stream_as_aborted(app: Running, corpus_dir: object) -> None:
+    from pathlib import Path
+
+    body = (Path(str(corpus_dir)) / "anthropic/messages/stream_cache_read.sse").read_bytes()
+    first = request_headers_msg("anthropic", "/anthropic/v1/messages", [])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(
+            metadata=(("x-tokenbook-filter", "meter"),)
+        )
+        await call.write(first)
+        await call.write(
+            pb.ProcessingRequest(
+                response_headers=_headers(
+                    [(":status", "200"), ("content-type", "text/event-stream")]
+                )
+            )
+        )
+        await call.write(
+            pb.ProcessingRequest(response_body=pb.HttpBody(body=body[: len(body) // 3]))
+        )
+        await call.done_writing()  # Envoy closes the stream when the client disconnects
+        assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
+    reg = app.metrics.registry
+    aborted = reg.get_sample_value(
+        "tokenbook_requests_total",
+        {
+            "provider": "anthropic",
+            "model": "claude-3-5-sonnet-20240620",
+            "owner": "unattributed",
+            "team": "unattributed",
+            "agent": "unattributed",
+            "workload": "unattributed",
+            "key_id": "unattributed",
+            "outcome": "aborted",
+        },
+    )
+    assert aborted == 1.0
+
+
+async def test_health_and_admin_api(app: Running) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        admin = rpb_grpc.KeyRegistryStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await admin.ListKeys(rpb.ListKeysRequest())
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        auth = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await admin.IssueKey(
+                rpb.IssueKeyRequest(attribution=rpb.Attribution(owner="a", team="b", agent="c")),
+                metadata=auth,
+            )
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "workload" in (bad.value.details() or "")
+        issued = await admin.IssueKey(
+            rpb.IssueKeyRequest(
+                attribution=rpb.Attribution(owner="a", team="b", agent="c", workload="d")
+            ),
+            metadata=auth,
+        )
+        assert issued.key.startswith("tb_")
+        assert issued.info.key_id in issued.key
+        listed = await admin.ListKeys(rpb.ListKeysRequest(), metadata=auth)
+        assert issued.info.key_id in [k.key_id for k in listed.keys]
+        assert issued.key not in str(listed)
+        revoked = await admin.RevokeKey(
+            rpb.RevokeKeyRequest(key_id=issued.info.key_id), metadata=auth
+        )
+        assert revoked.status == "revoked"
