@@ -30,7 +30,7 @@ from tokenbook.attribution.registry import KeyRegistry
 from tokenbook.booking import Booker
 from tokenbook.extproc.admin import KeyRegistryService
 from tokenbook.extproc.server import GrpcServer
-from tokenbook.extproc.service import ExternalProcessor
+from tokenbook.extproc.streams import Processors
 from tokenbook.gate import Gate, GatePolicy
 from tokenbook.meter import MeterSession
 from tokenbook.metrics.instruments import Metrics, RegistryCacheCollector
@@ -94,7 +94,7 @@ class App:
                 provider_credentials=settings.provider_credentials,
             ),
         )
-        processor = ExternalProcessor(
+        processors = Processors(
             gate=gate,
             new_meter_session=partial(
                 MeterSession,
@@ -111,7 +111,7 @@ class App:
             if settings.admin_enabled
             else None
         )
-        self.grpc = GrpcServer(settings.listen, processor, admin)
+        self.grpc = GrpcServer(settings.listen, processors, admin)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

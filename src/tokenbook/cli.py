@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import TextIO
 
 from tokenbook import __version__
@@ -64,18 +66,44 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
+# Subcommands implemented in their own packages: name -> (module, help). Each module has
+# `configure_parser(p)` and `run(ns, stdout, stderr) -> int`; imported only when present, so a
+# command is listed exactly when its implementation ships.
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("tokenbook.attribution.command", "issue, import, list, show, revoke, audit keys"),
+    "budgets": ("tokenbook.ledger.budget_command", "set and list agent/workload/team budgets"),
+    "agents": ("tokenbook.ledger.agents_command", "suspend or resume an agent (kill switch)"),
+    "ledger": ("tokenbook.ledger.command", "tail or export the per-request ledger"),
+    "audit": ("tokenbook.audit.command", "the token-ROI audit report"),
+}
+
+
+def _load(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from tokenbook.attribution import command as keys_command
     from tokenbook.envoyconfig import command as envoy_command
 
-    parser = _Parser(prog="tokenbook", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="tokenbook",
+        description="Attribute, count, price and watch every LLM token crossing an Envoy gateway.",
+    )
     parser.add_argument("--version", action="version", version=f"tokenbook {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _serve_parser(sub.add_parser("serve", help="run the ext_proc service and /metrics"))
     envoy_command.configure_parser(
         sub.add_parser("envoy-config", help="print an Envoy bootstrap for tokenbook's routes")
     )
-    keys_command.configure_parser(sub.add_parser("keys", help="issue, import, list, revoke keys"))
+    for name, (module, help_text) in _SUBCOMMANDS.items():
+        mod = _load(module)
+        if mod is not None:
+            mod.configure_parser(sub.add_parser(name, help=help_text))
     return parser
 
 
@@ -144,10 +172,11 @@ def main(
         from tokenbook.envoyconfig import command as envoy_command
 
         return envoy_command.run(ns, out)
-    if ns.command == "keys":
-        from tokenbook.attribution import command as keys_command
-
-        return keys_command.run(ns, out, err)
+    if ns.command in _SUBCOMMANDS:
+        mod = _load(_SUBCOMMANDS[ns.command][0])
+        assert mod is not None  # the parser only offers commands whose module loaded
+        code: int = mod.run(ns, out, err)
+        return code
     parser.error(f"unknown command {ns.command!r}")
     return 2
 

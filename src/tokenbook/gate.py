@@ -38,6 +38,12 @@ from tokenbook.attribution.keys import parse_key_id
 from tokenbook.attribution.model import KeyRecord, Unattributed
 from tokenbook.attribution.registry import RegistryUnavailable
 from tokenbook.providers import ErrorReply, error_reply
+from tokenbook.request_body import (
+    DEFAULT_INCLUDE_USAGE_PROVIDERS,
+    BodyRewrite,
+    rewrite_for_usage,
+    wants_body,
+)
 from tokenbook.requestinfo import RequestInfo
 
 log = logging.getLogger("tokenbook.gate")
@@ -51,6 +57,8 @@ class Admit:
     remove_headers: tuple[str, ...]
     metadata: Mapping[str, str]
     decision: str = "allowed"
+    # Ask Envoy for the buffered request body (mode_override), to add include_usage.
+    want_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,8 @@ class GatePolicy:
     credentials: Mapping[str, str] = field(default_factory=dict)
     # provider -> credential ref used when the key names none
     provider_credentials: Mapping[str, str] = field(default_factory=dict)
+    # Providers whose streaming chat requests get stream_options.include_usage added.
+    include_usage_providers: frozenset[str] = DEFAULT_INCLUDE_USAGE_PROVIDERS
 
 
 def _without_query_key(raw_path: str) -> str:
@@ -179,7 +189,18 @@ class Gate:
             remove_headers=tuple(n for n in dict.fromkeys(remove) if n not in set_names),
             metadata=metadata,
             decision=decision,
+            want_body=wants_body(
+                req.provider,
+                req.method,
+                req.provider_path,
+                req.header("content-length"),
+                self._policy.include_usage_providers,
+            ),
         )
+
+    def rewrite_body(self, body: bytes) -> BodyRewrite:
+        """The buffered request body of an admitted request that asked for it (`want_body`)."""
+        return rewrite_for_usage(body)
 
     def _credential_for(self, provider: str, record: KeyRecord | None) -> str | None:
         if not self._policy.credential_swap:

@@ -56,7 +56,8 @@ class MeterSession:
         self._attribution = {
             name: str(metadata.get(name) or "unattributed") for name in _ATTRIBUTION_FIELDS
         }
-        self._request_model = model_from_path(req.provider_path)
+        # The gate notes the body's `model` where it read the body; else the URL may name it.
+        self._request_model = metadata.get("request_model") or model_from_path(req.provider_path)
 
     def on_response_headers(
         self, status: int, headers: Sequence[tuple[str, str]], *, end_of_stream: bool

@@ -217,3 +217,22 @@ def test_gemini_query_key_is_removed_from_the_path(stack: Stack) -> None:
     assert issued["key"] not in got.path
     assert got.path == "/gemini/v1beta/models/gemini-3-pro-preview:generateContent?alt=json"
     assert got.header("x-tokenbook-owner") == "frank"
+
+
+def test_openai_stream_without_include_usage_still_books_reported_usage(stack: Stack) -> None:
+    issued = issue_key(stack, "gina", "search", "ranker", "indexing")
+    tag = _tag()
+    stream = _openai(stack, issued["key"]).chat.completions.create(
+        model="gpt-5-nano",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,  # no stream_options: the gate adds include_usage
+        extra_headers={"x-test-id": tag},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None  # the client sees the usage chunk too
+    assert stack.fake is not None
+    sent = json.loads(stack.fake.provider.find("x-test-id", tag).body)
+    assert sent["stream_options"] == {"include_usage": True}
+    labels = {"key_id": issued["key_id"], "provider": "openai", "source": "reported"}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", key_id=issued["key_id"])
+    assert sample(text, "tokenbook_tokens_total", token_type="reasoning", **labels) == 100

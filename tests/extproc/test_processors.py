@@ -102,7 +102,7 @@ async def test_gate_admits_with_attribution_and_strips_spoofed(
     key, key_id = await _issue(redis_url)
     msg = request_headers_msg(
         "openai",
-        "/openai/v1/chat/completions",
+        "/openai/v1/embeddings",
         [
             ("authorization", f"Bearer {key}"),
             ("x-tokenbook-owner", "mallory"),
@@ -121,6 +121,37 @@ async def test_gate_admits_with_attribution_and_strips_spoofed(
     meta = answer.dynamic_metadata.fields["tokenbook"].struct_value.fields
     assert meta["team"].string_value == "search"
     assert meta["request_id"].string_value == "rid-1"
+
+
+async def test_gate_adds_include_usage_to_streaming_chat(app: Running, redis_url: str) -> None:
+    key, _ = await _issue(redis_url)
+    msg = request_headers_msg(
+        "openai", "/openai/v1/chat/completions", [("authorization", f"Bearer {key}")]
+    )
+    body = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(metadata=(("x-tokenbook-filter", "gate"),))
+        await call.write(msg)
+        first = await call.read()
+        assert first.mode_override.request_body_mode == first.mode_override.BUFFERED
+        await call.write(
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
+        )
+        second = await call.read()
+        assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
+    common = second.request_body.response
+    new_body = common.body_mutation.body
+    import orjson
+
+    assert orjson.loads(new_body)["stream_options"] == {"include_usage": True}
+    lengths = [
+        h.header.raw_value
+        for h in common.header_mutation.set_headers
+        if h.header.key == "content-length"
+    ]
+    assert lengths == [str(len(new_body)).encode()]
+    meta = second.dynamic_metadata.fields["tokenbook"].struct_value.fields
+    assert meta["request_model"].string_value == "gpt-4o-mini"
 
 
 async def test_gate_refuses_unknown_key_with_openai_error(app: Running) -> None:

@@ -113,9 +113,7 @@ class KeyRegistryService(rpb_grpc.KeyRegistryServicer):  # type: ignore[misc]
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         return rpb.IssueKeyResponse(key=key, info=key_info(record))
 
-    async def ImportKey(
-        self, request: rpb.ImportKeyRequest, context: Context
-    ) -> rpb.KeyInfo:
+    async def ImportKey(self, request: rpb.ImportKeyRequest, context: Context) -> rpb.KeyInfo:
         await self._authorize(context)
         attribution = await self._attribution(request.attribution, context)
         if not request.provider_key:
@@ -155,9 +153,7 @@ class KeyRegistryService(rpb_grpc.KeyRegistryServicer):  # type: ignore[misc]
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         return rpb.ListKeysResponse(keys=[key_info(r) for r in records])
 
-    async def RevokeKey(
-        self, request: rpb.RevokeKeyRequest, context: Context
-    ) -> rpb.KeyInfo:
+    async def RevokeKey(self, request: rpb.RevokeKeyRequest, context: Context) -> rpb.KeyInfo:
         await self._authorize(context)
         try:
             record = await self._registry.revoke(

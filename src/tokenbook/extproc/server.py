@@ -7,7 +7,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tokenbook.extproc.admin import KeyRegistryService
-from tokenbook.extproc.service import ExternalProcessor
+from tokenbook.extproc.grpc_transport import GrpcExternalProcessor
+from tokenbook.extproc.streams import Processors
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ADMIN_SERVICE = "tokenbook.v1.KeyRegistry"
@@ -19,7 +20,7 @@ class GrpcServer:
     def __init__(
         self,
         listen: str,
-        processor: ExternalProcessor,
+        processors: Processors,
         admin: KeyRegistryService | None,
     ) -> None:
         # Envoy multiplexes every ext_proc stream over a few HTTP/2 connections: allow many
@@ -30,9 +31,14 @@ class GrpcServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.so_reuseport", 0),
+                # buffered request bodies (include_usage rewrite) can exceed the 4 MiB default
+                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
         )
-        pb_grpc.add_ExternalProcessorServicer_to_server(processor, self._server)
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            GrpcExternalProcessor(processors), self._server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.admin_enabled = admin is not None

@@ -96,7 +96,13 @@ class FakeProvider:
             if self.corpus.resolve() not in target.parents or not target.is_file():
                 raise FileNotFoundError(named)
             return target
-        streaming = b'"stream":true' in body.replace(b" ", b"") or "stream" in path.lower()
+        compact = body.replace(b" ", b"")
+        streaming = b'"stream":true' in compact or "stream" in path.lower()
+        if streaming and path.split("?", 1)[0].endswith("/chat/completions"):
+            # Like OpenAI: a usage chunk only when the request asked for it.
+            if b'"include_usage":true' in compact:
+                return self.corpus / "openai/chat/stream_include_usage_reasoning.sse"
+            return self.corpus / "openai/chat/stream_no_include_usage.sse"
         for suffix, stream, name in _DEFAULTS:
             if stream == streaming and path.split("?", 1)[0].endswith(suffix):
                 return self.corpus / name

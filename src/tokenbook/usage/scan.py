@@ -1,74 +1,66 @@
 """Byte-level looks into JSON payloads that are cheaper than parsing them.
 
 Most stream events carry no usage; the parsers only need, per event, a little text bookkeeping
-(for the estimate of an aborted stream) and, once, the model name. Both are answered here with
-``bytes.find`` instead of a JSON parse.
+(for the estimate of an aborted stream), a yes/no on "could this event hold usage?", and, once,
+the model name. All three are answered here with compiled regular expressions over the raw bytes
+(C speed, one pass) instead of a JSON parse.
 
-Why this is sound: in valid JSON an unescaped ``"`` only ever delimits a string, so the needle
-``"text"`` followed by ``:`` can only be an object key — never a piece of model output, where
-quotes are escaped as ``\\"``. A malformed payload at worst miscounts an estimate.
+Why this is sound: in valid JSON an unescaped ``"`` only ever delimits a string, so ``"text"``
+followed by ``:`` can only be an object key, never a piece of model output, where quotes are
+escaped as ``\\"``. A malformed payload at worst miscounts an estimate.
 """
 
 from __future__ import annotations
+
+import re
+from functools import lru_cache
 
 import orjson
 
 __all__ = ["first_string_value", "has_object_value", "string_value_bytes"]
 
-_WS = b" \t\r\n"
+# The body of a JSON string: anything but a quote or a backslash, or an escape pair.
+_STRING_BODY = rb'([^"\\]*(?:\\.[^"\\]*)*)"'
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 
-def _value_start(data: bytes, after_key: int) -> int:
-    """Index of the first byte of the value after ``"key"`` (past ``:`` and blanks), or -1."""
-    n = len(data)
-    i = after_key
-    while i < n and data[i] in _WS:
-        i += 1
-    if i >= n or data[i] != 0x3A:  # ':' -- not a key (e.g. the value in "type":"text")
-        return -1
-    i += 1
-    while i < n and data[i] in _WS:
-        i += 1
-    return i if i < n else -1
+@lru_cache(maxsize=64)
+def _string_values(keys: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    names = b"|".join(re.escape(key.strip(b'"')) for key in keys)
+    return re.compile(rb'"(?:' + names + rb')"\s*:\s*"' + _STRING_BODY, re.DOTALL)
 
 
-def _string_end(data: bytes, start: int) -> int:
-    """Index of the closing quote of the JSON string whose body starts at ``start``, or -1."""
-    j = data.find(b'"', start)
-    while j != -1:
-        k = j - 1
-        while k >= start and data[k] == 0x5C:  # backslash
-            k -= 1
-        if (j - 1 - k) % 2 == 0:  # an even run of backslashes: the quote is not escaped
-            return j
-        j = data.find(b'"', j + 1)
-    return -1
+@lru_cache(maxsize=64)
+def _object_value(key: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(key) + rb"\s*:\s*\{")
 
 
 def string_value_bytes(data: bytes, keys: tuple[bytes, ...]) -> int:
     """Approximate UTF-8 size of the decoded string values of ``keys`` (each ``b'"name"'``).
 
-    An escape such as ``\\n`` counts as one byte and ``\\uXXXX`` as three (a typical non-Latin
-    character); non-string values (``null``, objects, arrays) count nothing.
+    Escapes count as the UTF-8 bytes they stand for (``\\n`` one, ``\\u4e2d`` three); non-string
+    values (``null``, objects, arrays) count nothing.
     """
     total = 0
-    for key in keys:
-        pos = data.find(key)
-        while pos != -1:
-            nxt = pos + len(key)
-            start = _value_start(data, nxt)
-            if start != -1 and data[start] == 0x22:  # '"'
-                end = _string_end(data, start + 1)
-                if end == -1:
-                    break
-                span = end - start - 1
-                escapes = data.count(b"\\", start + 1, end)
-                if escapes:
-                    span -= escapes + 2 * data.count(b"\\u", start + 1, end)
-                total += max(span, 0)
-                nxt = end + 1
-            pos = data.find(key, nxt)
+    for match in _string_values(keys).finditer(data):
+        raw = match.group(1)
+        total += _decoded_size(raw) if b"\\" in raw else len(raw)
     return total
+
+
+def _decoded_size(raw: bytes) -> int:
+    """UTF-8 size of a JSON string body with escapes (the rare, slower path)."""
+    size = len(raw)
+    for escape in _ESCAPE.finditer(raw):
+        code = escape.group(1)
+        if code is None:
+            size -= 1  # \n, \", \\ ...: two bytes for one
+        else:
+            point = int(code, 16)
+            # a surrogate half is half of a 4-byte character
+            utf8 = 1 if point < 0x80 else 2 if point < 0x800 or 0xD800 <= point < 0xE000 else 3
+            size -= 6 - utf8
+    return size
 
 
 def has_object_value(data: bytes, key: bytes) -> bool:
@@ -77,38 +69,20 @@ def has_object_value(data: bytes, key: bytes) -> bool:
     OpenAI and Groq send ``"usage": null`` on every chunk but the last; this keeps the parse for
     the one chunk that matters.
     """
-    pos = data.find(key)
-    while pos != -1:
-        start = _value_start(data, pos + len(key))
-        if start != -1 and data[start] == 0x7B:  # '{'
-            return True
-        pos = data.find(key, pos + len(key))
-    return False
+    return _object_value(key).search(data) is not None
 
 
 def first_string_value(data: bytes, key: bytes) -> str | None:
     """The first non-empty string value of ``key`` (``b'"model"'``), decoded, or ``None``."""
-    pos = data.find(key)
-    while pos != -1:
-        nxt = pos + len(key)
-        start = _value_start(data, nxt)
-        if start != -1 and data[start] == 0x22:
-            end = _string_end(data, start + 1)
-            if end == -1:
-                return None
-            raw = data[start + 1 : end]
-            if raw:
-                if b"\\" in raw:
-                    return _unescape(raw)
-                return raw.decode("utf-8", "replace")
-            nxt = end + 1
-        pos = data.find(key, nxt)
+    for match in _string_values((key,)).finditer(data):
+        raw = match.group(1)
+        if not raw:
+            continue
+        if b"\\" not in raw:
+            return raw.decode("utf-8", "replace")
+        try:
+            value = orjson.loads(b'"' + raw + b'"')
+        except orjson.JSONDecodeError:
+            return None
+        return value if isinstance(value, str) else None
     return None
-
-
-def _unescape(raw: bytes) -> str | None:
-    try:
-        value = orjson.loads(b'"' + raw + b'"')
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, str) else None

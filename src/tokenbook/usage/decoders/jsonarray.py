@@ -8,9 +8,9 @@ How: a depth scanner that knows strings and escapes. Outside a string the only b
 are ``[ ] { } "``; inside a string only ``"`` and ``\\``. A compiled regular expression skips
 to the next bracket, consuming whole strings with their escapes on the way (C speed), so the
 Python loop runs once per bracket, not per byte. Brackets are matched against a stack, so
-``{]`` is an error here rather than in the caller's parser. Whitespace and commas between elements are skipped (a missing or doubled comma is
-tolerated: it cannot change where an element ends). Scalars as elements (``[1, "a", true]``)
-are handed out too.
+``{]`` is an error here rather than in the caller's parser. Whitespace and commas between
+elements are skipped (a missing or doubled comma is tolerated: it cannot change where an
+element ends). Scalars as elements (``[1, "a", true]``) are handed out too.
 
 A body that is one JSON object instead of an array (an error reply, or a non-streamed
 response) is returned whole by `JSONArrayDecoder.flush`. A body that ends after complete

@@ -1,0 +1,242 @@
+"""One processor object per ext_proc stream, independent of the gRPC transport.
+
+A transport (grpc.aio in `grpc_transport`, or a faster one) reads `ProcessingRequest` messages
+of one stream, hands each to the stream's processor, writes back whatever the processor returns,
+and ends the RPC with status OK as soon as the processor is `done` — the meter must end its
+observability stream itself (ENVOY-NOTES), and the gate has nothing more to say once it has
+answered its last phase. When the peer ends the stream first (or it is cancelled), the transport
+calls `close()`.
+
+Role: from the gRPC initial metadata ``x-tokenbook-filter: gate|meter`` that the shipped Envoy
+configs set, falling back to the message's ``observability_mode`` flag.
+
+- `GateStream` answers request headers (admit with header mutations and dynamic metadata, or
+  an immediate error response). For OpenAI-style chat routes it also asks for the buffered
+  request body with ``mode_override`` and answers it (adding ``include_usage``).
+- `MeterStream` answers nothing (observability mode: answers are ignored) and feeds a
+  `MeterSession`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from tokenbook.booking import Booker
+from tokenbook.extproc import codec
+from tokenbook.gate import Admit, Gate
+from tokenbook.meter import MeterSession
+from tokenbook.metrics.instruments import Metrics
+from tokenbook.requestinfo import METADATA_NAMESPACE
+
+log = logging.getLogger("tokenbook.extproc")
+
+ROLE_METADATA_KEY = "x-tokenbook-filter"
+_BUFFER_BODY = processing_mode_pb2.ProcessingMode(
+    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    response_header_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
+    response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
+    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+)
+
+
+class StreamProcessor(Protocol):
+    done: bool
+
+    async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+        """Handle one message; the answer to write, if any."""
+
+    def close(self) -> None:
+        """The stream ended (peer closed, cancelled, or we are done)."""
+
+
+class GateStream:
+    def __init__(self, owner: Processors) -> None:
+        self._p = owner
+        self.done = False
+        self._awaiting_body = False
+        self._p.open_gate.inc()
+        self._closed = False
+
+    async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+        which = msg.WhichOneof("request")
+        if which == "request_headers":
+            return await self._headers(msg)
+        if which == "request_body" and self._awaiting_body:
+            return self._body(msg.request_body)
+        # Only the phases above are subscribed; answer anything else with its own oneof set so a
+        # misconfigured filter degrades to pass-through instead of a protocol error (a 500).
+        self.done = True
+        return empty_answer(which)
+
+    async def _headers(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        p = self._p
+        headers = codec.headers_of(msg.request_headers)
+        attrs = codec.attributes_of(msg)
+        provider = p.provider_for_route(attrs.get("xds.route_name", ""))
+        req = codec.request_info(headers, attrs, provider)
+        try:
+            decision = await p.gate.decide(req)
+        except Exception:
+            p.metrics.extproc_errors.labels(role="gate", kind="exception").inc()
+            log.exception("gate failed; Envoy applies its failure_mode_allow")
+            raise
+        p.metrics.gate_decisions.labels(
+            provider=p.metrics.guard("provider", provider or "unknown"),
+            decision=decision.decision,
+        ).inc()
+        if not isinstance(decision, Admit):
+            p.booker.book_denied(provider or "unknown", {}, "unknown")
+            self.done = True
+            return codec.immediate(decision.reply)
+        resp = codec.continue_request_headers(
+            decision.set_headers, decision.remove_headers, decision.metadata
+        )
+        end_of_stream = msg.request_headers.end_of_stream
+        if decision.want_body and not end_of_stream:
+            resp.mode_override.CopyFrom(_BUFFER_BODY)
+            self._awaiting_body = True
+        else:
+            self.done = True
+        return resp
+
+    def _body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+        self.done = True
+        rewrite = self._p.gate.rewrite_body(body.body)
+        common = pb.CommonResponse()
+        if rewrite.body is not None:
+            common.body_mutation.body = rewrite.body
+            # Envoy refuses a mutated body whose content-length no longer matches (500).
+            common.header_mutation.set_headers.append(
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(
+                        key="content-length", raw_value=str(len(rewrite.body)).encode()
+                    ),
+                    append_action=codec.OVERWRITE,
+                )
+            )
+        resp = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+        if rewrite.request_model:
+            ns = resp.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
+            ns.fields["request_model"].string_value = rewrite.request_model
+        return resp
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._p.open_gate.dec()
+
+
+class MeterStream:
+    def __init__(self, owner: Processors) -> None:
+        self._p = owner
+        self._session = owner.new_meter_session()
+        self.done = False
+        self._closed = False
+        owner.open_meter.inc()
+
+    async def on_message(self, msg: pb.ProcessingRequest) -> None:
+        self.done = self.observe(msg)
+
+    def observe(self, msg: pb.ProcessingRequest) -> bool:
+        """Synchronous core (no awaits): True once the response has ended."""
+        session = self._session
+        which = msg.WhichOneof("request")
+        if which == "response_body":
+            body = msg.response_body
+            session.on_response_body(body.body, end_of_stream=body.end_of_stream)
+            return bool(body.end_of_stream)
+        if which == "response_headers":
+            rh = msg.response_headers
+            headers = codec.headers_of(rh)
+            status = 0
+            for k, v in headers:
+                if k == ":status":
+                    status = int(v) if v.isdigit() else 0
+                    break
+            session.on_response_headers(status, headers, end_of_stream=rh.end_of_stream)
+            return bool(rh.end_of_stream)
+        if which == "request_headers":
+            attrs = codec.attributes_of(msg)
+            provider = self._p.provider_for_route(attrs.get("xds.route_name", ""))
+            req = codec.request_info(codec.headers_of(msg.request_headers), attrs, provider)
+            session.on_request_headers(req, codec.metadata_of(msg))
+            return False
+        if which == "response_trailers":
+            session.on_response_body(b"", end_of_stream=True)
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._session.close()
+        except Exception:  # booking must never take the transport down
+            self._p.metrics.extproc_errors.labels(role="meter", kind="booking").inc()
+            log.exception("meter booking failed")
+        finally:
+            self._p.open_meter.dec()
+
+
+class Processors:
+    """Makes the processor for a new stream; shared state of every stream."""
+
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        new_meter_session: Callable[[], MeterSession],
+        provider_for_route: Callable[[str], str | None],
+        booker: Booker,
+        metrics: Metrics,
+    ) -> None:
+        self.gate = gate
+        self.new_meter_session = new_meter_session
+        self.provider_for_route = provider_for_route
+        self.booker = booker
+        self.metrics = metrics
+        self.open_gate = metrics.extproc_open_streams.labels(role="gate")
+        self.open_meter = metrics.extproc_open_streams.labels(role="meter")
+        self._count_gate = metrics.extproc_streams.labels(role="gate")
+        self._count_meter = metrics.extproc_streams.labels(role="meter")
+
+    def new_stream(self, role: str | None, first: pb.ProcessingRequest) -> StreamProcessor:
+        if role is None:
+            role = "meter" if first.observability_mode else "gate"
+        if role == "meter":
+            self._count_meter.inc()
+            return MeterStream(self)
+        self._count_gate.inc()
+        return GateStream(self)
+
+
+def role_from_metadata(pairs: object) -> str | None:
+    """The role named by the ``x-tokenbook-filter`` initial metadata, if any."""
+    for key, value in pairs or ():  # type: ignore[attr-defined]
+        if key == ROLE_METADATA_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text if text in ("gate", "meter") else None
+    return None
+
+
+def empty_answer(which: str | None) -> pb.ProcessingResponse:
+    if which == "request_body":
+        return pb.ProcessingResponse(request_body=pb.BodyResponse())
+    if which == "response_headers":
+        return pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    if which == "response_body":
+        return pb.ProcessingResponse(response_body=pb.BodyResponse())
+    if which == "request_trailers":
+        return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+    if which == "response_trailers":
+        return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+    return codec.pass_request_headers()

@@ -1,0 +1,93 @@
+"""Request-body rewrite: make every OpenAI-style stream report its usage.
+
+OpenAI (and Azure OpenAI) send a usage chunk at the end of a Chat Completions / Completions
+stream only when the request says ``"stream_options": {"include_usage": true}``. Without it the
+stream carries no usage at all, and tokenbook could only estimate. So for those routes the gate
+buffers the request body (``mode_override``; JSON bodies are small) and adds the option when a
+streaming request lacks it. Clients that parse the extra final chunk are the norm: the official
+SDKs expose it as ``chunk.usage`` on a chunk with empty ``choices``.
+
+Only providers documented to accept the option are rewritten (others reject unknown fields or
+report usage on their own); operators can change the set in the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import orjson
+
+#: Providers whose Chat Completions streams carry usage only with include_usage.
+DEFAULT_INCLUDE_USAGE_PROVIDERS: frozenset[str] = frozenset({"openai", "azure_openai"})
+#: Bodies larger than this are forwarded untouched (Envoy buffers them whole for the rewrite).
+MAX_REWRITE_BYTES = 8 * 1024 * 1024
+
+_STREAM_PATHS = ("/chat/completions", "/completions")
+
+
+def wants_body(
+    provider: str | None,
+    method: str,
+    provider_path: str,
+    content_length: str | None,
+    providers: Collection[str],
+) -> bool:
+    """Should the gate ask Envoy for this request's body (to possibly add include_usage)?"""
+    if provider is None or provider not in providers or method != "POST":
+        return False
+    if not provider_path.rstrip("/").endswith(_STREAM_PATHS):
+        return False
+    if content_length is not None:
+        try:
+            if int(content_length) > MAX_REWRITE_BYTES:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRewrite:
+    body: bytes | None  # the new body, or None to leave it unchanged
+    request_model: str | None  # the `model` the request asked for (the label's fallback)
+    stream: bool
+
+
+def rewrite_for_usage(body: bytes) -> BodyRewrite:
+    """Add ``stream_options.include_usage`` to a streaming request that lacks it.
+
+    A body that is not a JSON object is left alone (the provider will answer it with its own
+    error); so is one that already sets ``include_usage`` either way, since the client's explicit
+    choice wins.
+    """
+    if len(body) > MAX_REWRITE_BYTES or b'"stream"' not in body:
+        return BodyRewrite(None, _model_of(body), False)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return BodyRewrite(None, None, False)
+    if not isinstance(doc, dict):
+        return BodyRewrite(None, None, False)
+    model = doc.get("model") if isinstance(doc.get("model"), str) else None
+    if doc.get("stream") is not True:
+        return BodyRewrite(None, model, False)
+    options = doc.get("stream_options")
+    if options is None:
+        doc["stream_options"] = {"include_usage": True}
+    elif isinstance(options, dict) and "include_usage" not in options:
+        options["include_usage"] = True
+    else:
+        return BodyRewrite(None, model, True)
+    return BodyRewrite(orjson.dumps(doc), model, True)
+
+
+def _model_of(body: bytes) -> str | None:
+    if len(body) > MAX_REWRITE_BYTES or b'"model"' not in body:
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) else None
