@@ -177,7 +177,7 @@ def main(
         assert mod is not None  # the parser only offers commands whose module loaded
         code: int = mod.run(ns, out, err)
         return code
-    parser.error(f"unknown command {ns.command!r}")
+    print(f"tokenbook: unknown command {ns.command!r}", file=err)
     return 2
 
 

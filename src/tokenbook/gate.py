@@ -15,12 +15,11 @@ tokenbook key never leaves the gateway.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-import logging
 
 from tokenbook.attribution.cache import KeyResolver
 from tokenbook.attribution.headers import (

@@ -17,6 +17,8 @@ import pytest
 from tokenbook.testing.stack import Stack, executable
 
 ANTHROPIC_PROVIDER_KEY = "sk-ant-fake-provider-credential"
+#: how long a test waits for the meter to book (it books asynchronously, after the response)
+BOOKING_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -125,9 +127,9 @@ def _split_labels(body: str) -> list[str]:
     return out
 
 
-def wait_for_sample(stack: Stack, name: str, timeout: float = 10.0, **labels: str) -> str:
+def wait_for_sample(stack: Stack, name: str, **labels: str) -> str:
     """Scrape until `name{labels}` exists (the meter books asynchronously); return the scrape."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + BOOKING_TIMEOUT_S
     text = ""
     while time.monotonic() < deadline:
         text = stack.scrape()

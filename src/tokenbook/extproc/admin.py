@@ -24,7 +24,8 @@ from tokenbook.attribution.registry import (
 from tokenbook.v1 import registry_pb2 as rpb
 from tokenbook.v1 import registry_pb2_grpc as rpb_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpcio ships no type information: the servicer context is typed loosely on purpose.
+Context = Any
 
 
 def _iso(value: datetime | None) -> str:

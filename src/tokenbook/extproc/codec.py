@@ -116,7 +116,7 @@ def pass_request_headers() -> pb.ProcessingResponse:
 def immediate(reply: ErrorReply) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=reply.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=reply.status),
             headers=pb.HeaderMutation(set_headers=[_header_option(k, v) for k, v in reply.headers]),
             body=reply.body,
             details="tokenbook_gate_refused",

@@ -25,10 +25,10 @@ class GrpcExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[
     def __init__(self, processors: Processors) -> None:
         self._processors = processors
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Any,  # grpc.aio.ServicerContext; grpcio ships no type information
     ) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
