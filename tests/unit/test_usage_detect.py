@@ -38,6 +38,7 @@ def test_gemini_stream_framing_follows_alt() -> None:
         ("/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke", Api.INVOKE),
         ("/model/anthropic.claude-v2/invoke-with-response-stream", Api.INVOKE_STREAM),
         ("/model/amazon.titan-embed-text-v2%3A0/invoke", Api.EMBEDDINGS),
+        ("/model/anthropic.claude-sonnet-4-5-v1%3A0/count-tokens", Api.COUNT_TOKENS),
         (
             "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx/converse",
             Api.CONVERSE,

@@ -328,3 +328,14 @@ def test_feed_never_raises_on_arbitrary_bytes() -> None:
             got = adapter.finish(end_of_stream=rng.random() < 0.5)
             assert isinstance(got, Extraction)
             assert got.source is Source.ESTIMATED or got.usage.is_empty()
+
+
+def test_model_falls_back_to_the_url() -> None:
+    context = ResponseContext(
+        provider="bedrock",
+        path="/model/us.amazon.nova-micro-v1%3A0/converse",
+        response_headers=JSON,
+    )
+    got = run(context, b'{"usage":{"inputTokens":3,"outputTokens":1,"totalTokens":4}}')
+    assert got.model == "us.amazon.nova-micro-v1:0"
+    assert got.usage == TokenUsage(input=3, output=1)

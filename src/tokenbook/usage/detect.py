@@ -173,8 +173,8 @@ def detect_api(
     if google:
         return _google_api(google.group(1), google.group(2), path, query)
 
-    if path.endswith("/messages/count_tokens") or path.endswith("/responses/input_tokens"):
-        return Api.COUNT_TOKENS
+    if path.endswith(("/messages/count_tokens", "/responses/input_tokens", "/count-tokens")):
+        return Api.COUNT_TOKENS  # Anthropic, OpenAI, Bedrock CountTokens: estimates
     if spoken == "cohere" and path in _COHERE_NATIVE:
         return _COHERE_NATIVE[path]
     if path in _OLLAMA_NATIVE and spoken in ("ollama", None):

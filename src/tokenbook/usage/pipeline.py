@@ -42,7 +42,7 @@ from tokenbook.usage.decoders import (
 from tokenbook.usage.detect import Api, detect_api, dialect_for
 from tokenbook.usage.providers.anthropic_messages import AnthropicMessagesParser
 from tokenbook.usage.providers.audio_transcriptions import AudioTranscriptionsParser
-from tokenbook.usage.providers.base import Parser
+from tokenbook.usage.providers.base import Parser, requested_model
 from tokenbook.usage.providers.bedrock_converse import BedrockConverseParser
 from tokenbook.usage.providers.bedrock_invoke import BedrockInvokeParser
 from tokenbook.usage.providers.cohere import CohereParser
@@ -202,7 +202,7 @@ class StreamAdapter:
             self._result = self._finish(end_of_stream)
         except Exception as exc:  # same promise as feed(): a result, never an exception
             self._result = Extraction(
-                model=self._ctx.request_model,
+                model=requested_model(self._ctx),
                 reason=Reason.PARSE_ERROR,
                 detail=f"internal error: {type(exc).__name__}",
             )
@@ -344,7 +344,7 @@ def open_adapter(ctx: ResponseContext, *, dialect: str | None = None) -> UsageAd
     """
     spoken = dialect_for(ctx.provider, dialect)
     api = detect_api(ctx.provider, ctx.path, ctx.query, ctx.request_headers, dialect=spoken)
-    model = ctx.request_model
+    model = requested_model(ctx)
     if ctx.status >= 400:
         return FixedAdapter(
             Extraction(model=model, reason=Reason.UPSTREAM_ERROR, detail=f"HTTP {ctx.status}")

@@ -24,13 +24,19 @@ from typing import Any, ClassVar
 
 import orjson
 
+from tokenbook.usage.detect import request_model_from_path
 from tokenbook.usage.estimate import PER_TOOL_CALL, estimate_output_tokens
 from tokenbook.usage.scan import first_string_value, string_value_bytes
 from tokenbook.usage.types import Extraction, Reason, ResponseContext, Source, TokenUsage
 
-__all__ = ["Parser", "as_int", "as_map", "sub"]
+__all__ = ["Parser", "as_int", "as_map", "requested_model", "sub"]
 
 JSONMap = Mapping[str, Any]
+
+
+def requested_model(ctx: ResponseContext) -> str | None:
+    """The model the request asked for: the meter's value, else the one named in the URL."""
+    return ctx.request_model or request_model_from_path(ctx.path)
 
 
 def as_int(value: object) -> int | None:
@@ -150,12 +156,6 @@ class Parser:
         self.final = usage
         self.total = total
 
-    def set_stated(self, usage: TokenUsage) -> None:
-        """Record counts stated before the final one; an output count restarts the estimate."""
-        self.stated = usage
-        if usage.output is not None:
-            self.reset_text()
-
     # --- result ----------------------------------------------------------------------------
 
     def extraction(
@@ -166,7 +166,7 @@ class Parser:
         detail: str = "",
     ) -> Extraction:
         """The result; ``failure`` is the pipeline's reason when decoding/framing failed."""
-        model = self.model or self.ctx.request_model
+        model = self.model or requested_model(self.ctx)
         if self.final is not None:
             return Extraction(
                 usage=self.final,

@@ -168,6 +168,8 @@ class BedrockInvokeParser(Parser):
             native = native_usage(obj) if obj is not None else None
             if native is not None:
                 self._native = native
+                if native.output is not None:  # Llama/Titan counts are cumulative
+                    self.reset_text()
                 # Nova's metadata event is its last word; Titan/Llama chunks count as they go.
                 self._native_final = self._native_final or b'"metadata"' in inner
         elif self.final is None:

@@ -76,7 +76,7 @@ class OpenAIResponsesParser(Parser):
             if kind in ("error", "response.failed"):
                 self.error = True
             return
-        if self.final is None:
+        if self.final is None and b"response.audio.delta" not in data:  # base64 audio, not text
             self.count_text(data)
             if b'"response.output_item.added"' in data and b'"function_call"' in data:
                 self.tool_calls += 1

@@ -1,0 +1,221 @@
+"""End to end, one test per wire format: recorded provider responses through real Envoy.
+
+Each test sends a request through the gateway, the fake provider answers with a recorded corpus
+body (optionally gzip-encoded, chunked, or cut), and the test checks the counters tokenbook
+booked: tokens per type, cost priced from the price database, outcome and source.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import urllib.request
+from collections.abc import Mapping
+
+import anthropic
+import pytest
+
+from tests.e2e.conftest import issue_key, sample, samples_sum, wait_for_sample
+from tokenbook.pricing import Pricer
+from tokenbook.testing.stack import Stack
+from tokenbook.usage.types import TokenUsage
+
+pytestmark = pytest.mark.e2e
+
+_PRICER = Pricer()
+
+
+def _post(stack: Stack, path: str, key: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    req = urllib.request.Request(
+        f"{stack.gateway}{path}",
+        data=body,
+        headers={"content-type": "application/json", "authorization": f"Bearer {key}", **headers},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        data: bytes = resp.read()
+        return data
+
+
+def _check_booked(
+    stack: Stack,
+    key_id: str,
+    provider: str,
+    model: str,
+    expected: Mapping[str, int],
+    *,
+    outcome: str = "ok",
+    source: str = "reported",
+) -> str:
+    labels = {"key_id": key_id, "provider": provider, "model": model}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome=outcome, **labels)
+    for token_type, count in expected.items():
+        got = sample(text, "tokenbook_tokens_total", token_type=token_type, source=source, **labels)
+        assert got == count, (token_type, got, count)
+    price = _PRICER.price(provider, model, TokenUsage(**expected))
+    assert price is not None, f"{provider}/{model} should be priced"
+    for token_type in expected:
+        cost = sample(text, "tokenbook_cost_usd_total", token_type=token_type, **labels)
+        assert cost is not None
+        assert math.isclose(cost, price.by_type[token_type], rel_tol=1e-9, abs_tol=1e-12)
+    return text
+
+
+def test_gzip_encoded_anthropic_sse(stack: Stack) -> None:
+    issued = issue_key(stack, "hana", "research", "reader", "papers")
+    client = anthropic.Anthropic(
+        base_url=f"{stack.gateway}/anthropic", api_key=issued["key"], max_retries=0
+    )
+    with client.messages.stream(
+        model="claude-3-5-sonnet-20240620",
+        max_tokens=300,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={
+            "x-fake-fixture": "anthropic/messages/stream_cache_read.sse",
+            "x-fake-gzip": "1",
+            "x-fake-chunk-bytes": "64",
+        },
+    ) as s:
+        text = "".join(s.text_stream)
+    assert text
+    _check_booked(
+        stack,
+        issued["key_id"],
+        "anthropic",
+        "claude-3-5-sonnet-20240620",
+        {"input": 4, "cached_input": 1165, "cache_write": 0, "output": 221},
+    )
+
+
+def test_gemini_sse_with_thoughts(stack: Stack) -> None:
+    issued = issue_key(stack, "ivan", "growth", "writer", "copy")
+    body = _post(
+        stack,
+        "/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+        issued["key"],
+        {"x-fake-fixture": "gemini/generate_content/stream_sse_thoughts_gemini25pro.sse"},
+        b'{"contents":[{"parts":[{"text":"hi"}]}]}',
+    )
+    assert b"usageMetadata" in body
+    _check_booked(
+        stack,
+        issued["key_id"],
+        "gemini",
+        "gemini-2.5-pro",
+        {"input": 34, "output": 469, "reasoning": 787},
+    )
+
+
+def test_vertex_json_array_stream(stack: Stack) -> None:
+    issued = issue_key(stack, "jane", "growth", "tagger", "catalog")
+    _post(
+        stack,
+        "/vertex_ai/v1beta1/projects/test-project/locations/us-central1/publishers/google/"
+        "models/gemini-2.5-flash:streamGenerateContent",
+        issued["key"],
+        {
+            "x-fake-fixture": "vertex_ai/generate_content/stream_json_array_enum_int.json",
+            "x-fake-chunk-bytes": "50",
+        },
+        b'{"contents":[{"parts":[{"text":"hi"}]}]}',
+    )
+    _check_booked(
+        stack,
+        issued["key_id"],
+        "vertex_ai",
+        "gemini-2.5-flash",
+        {"input": 11, "output": 16, "reasoning": 232},
+    )
+
+
+def test_bedrock_converse_event_stream(stack: Stack) -> None:
+    issued = issue_key(stack, "kim", "platform", "router", "chatops")
+    body = _post(
+        stack,
+        "/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream",
+        issued["key"],
+        {"x-fake-fixture": "bedrock/converse/stream_nova_micro.bin", "x-fake-chunk-bytes": "33"},
+        b'{"messages":[{"role":"user","content":[{"text":"hi"}]}]}',
+    )
+    assert body[:4] != b"{"  # binary frames reached the client untouched
+    _check_booked(
+        stack,
+        issued["key_id"],
+        "bedrock",
+        "us.amazon.nova-micro-v1:0",
+        {"input": 13, "output": 82},
+    )
+
+
+def test_cut_stream_is_booked_as_aborted_with_estimate(stack: Stack) -> None:
+    issued = issue_key(stack, "leo", "research", "reader", "papers")
+    fixture = stack.corpus / "anthropic/messages/stream_cache_read.sse"
+    raw = fixture.read_bytes()
+    cut = raw.index(b"content_block_delta") + 2000  # past message_start and some text
+    conn = http.client.HTTPConnection("127.0.0.1", stack.envoy_port, timeout=10)
+    conn.request(
+        "POST",
+        "/anthropic/v1/messages",
+        body=json.dumps({"model": "claude-3-5-sonnet-20240620", "stream": True}),
+        headers={
+            "x-api-key": issued["key"],
+            "content-type": "application/json",
+            "x-fake-fixture": "anthropic/messages/stream_cache_read.sse",
+            "x-fake-chunk-bytes": "500",
+            "x-fake-abort-after": str(cut),
+        },
+    )
+    resp = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()
+    conn.close()
+    labels = {"key_id": issued["key_id"], "provider": "anthropic"}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="aborted", **labels)
+    # What the provider stated before the cut (message_start) is booked as stated ...
+    assert sample(text, "tokenbook_tokens_total", token_type="input", **labels) == 4
+    assert sample(text, "tokenbook_tokens_total", token_type="cached_input", **labels) == 1165
+    # ... and the output is an estimate, marked as such, never mixed with reported numbers.
+    estimated = samples_sum(text, "tokenbook_tokens_total", source="estimated", **labels)
+    assert estimated > 0
+    assert sample(text, "tokenbook_tokens_total", token_type="output", source="reported", **labels) is None
+
+
+def test_unknown_model_books_tokens_without_cost(stack: Stack) -> None:
+    issued = issue_key(stack, "mia", "platform", "local", "offline")
+    _post(
+        stack,
+        "/ollama/api/chat",
+        issued["key"],
+        {"x-fake-fixture": "ollama/ollama_chat/nonstream_api_chat.json"},
+        b'{"model":"llama3","messages":[]}',
+    )
+    labels = {"key_id": issued["key_id"], "provider": "ollama", "model": "llama3"}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", **labels)
+    assert sample(text, "tokenbook_tokens_total", token_type="input", **labels) == 17
+    assert sample(text, "tokenbook_tokens_total", token_type="output", **labels) == 66
+    assert sample(text, "tokenbook_cost_usd_total", token_type="input", **labels) is None
+    missing = sample(text, "tokenbook_price_missing_total", provider="ollama", model="llama3")
+    assert missing is not None
+    assert missing >= 1
+
+
+def test_error_body_books_no_tokens(stack: Stack) -> None:
+    issued = issue_key(stack, "nia", "platform", "probe", "health")
+    req = urllib.request.Request(
+        f"{stack.gateway}/openai/v1/chat/completions",
+        data=b'{"model":"gpt-9","messages":[]}',
+        headers={
+            "authorization": f"Bearer {issued['key']}",
+            "content-type": "application/json",
+            "x-fake-fixture": "openai/chat/error_404_model_not_found.json",
+        },
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 404
+    labels = {"key_id": issued["key_id"], "provider": "openai"}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="upstream_error", **labels)
+    assert math.isnan(samples_sum(text, "tokenbook_tokens_total", **labels))
