@@ -92,6 +92,9 @@ class App:
                 credential_swap=settings.credential_swap,
                 credentials=credentials,
                 provider_credentials=settings.provider_credentials,
+                include_usage_providers=frozenset(
+                    settings.include_usage_providers if settings.include_usage else ()
+                ),
             ),
         )
         processors = Processors(

@@ -22,6 +22,8 @@ YAML file layout (every key optional)::
     providers:                    # extra providers, with the API dialect they speak
       my-vllm: {dialect: openai}
     credential_swap: false        # replace the tokenbook key with the provider credential
+    include_usage: true           # add stream_options.include_usage to OpenAI-style streams
+    include_usage_providers: [openai, azure_openai]
     credentials:                  # credential refs -> where the secret is read from at start-up
       openai-prod: {env: OPENAI_API_KEY}
       anthropic-prod: {file: /run/secrets/anthropic}
@@ -84,6 +86,8 @@ class Settings:
     routes: Mapping[str, str] = field(default_factory=dict)
     providers: Mapping[str, str] = field(default_factory=dict)  # extra provider -> dialect
     credential_swap: bool = False
+    include_usage: bool = True
+    include_usage_providers: tuple[str, ...] = ("openai", "azure_openai")
     credentials: Mapping[str, CredentialSource] = field(default_factory=dict)
     provider_credentials: Mapping[str, str] = field(default_factory=dict)
     labels: tuple[str, ...] = ATTRIBUTION_LABELS
@@ -119,6 +123,7 @@ _SCALARS: dict[str, type] = {
     "drain_timeout_s": float,
     "max_json_body_bytes": int,
     "credential_swap": bool,
+    "include_usage": bool,
     "prices_file": str,
     "log_level": str,
 }
@@ -197,6 +202,10 @@ def _from_yaml(data: Mapping[str, Any], origin: str) -> dict[str, object]:
                     )
                 creds[str(ref)] = CredentialSource(env=spec.get("env"), file=spec.get("file"))
             out[key] = creds
+        elif key == "include_usage_providers":
+            if not isinstance(raw, Sequence) or isinstance(raw, str):
+                raise SettingsError(f"{origin}: include_usage_providers: expected a list")
+            out[key] = tuple(str(x) for x in raw)
         elif key == "labels":
             if not isinstance(raw, Sequence) or isinstance(raw, str):
                 raise SettingsError(f"{origin}: labels: expected a list")

@@ -179,7 +179,10 @@ def test_cut_stream_is_booked_as_aborted_with_estimate(stack: Stack) -> None:
     # ... and the output is an estimate, marked as such, never mixed with reported numbers.
     estimated = samples_sum(text, "tokenbook_tokens_total", source="estimated", **labels)
     assert estimated > 0
-    assert sample(text, "tokenbook_tokens_total", token_type="output", source="reported", **labels) is None
+    reported_output = sample(
+        text, "tokenbook_tokens_total", token_type="output", source="reported", **labels
+    )
+    assert reported_output is None
 
 
 def test_unknown_model_books_tokens_without_cost(stack: Stack) -> None:
