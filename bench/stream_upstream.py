@@ -24,6 +24,7 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import cast
 
 SSE_FIXTURE = "openai/chat/stream_include_usage_reasoning.sse"
 _MAX_HEAD = 64 * 1024
@@ -59,8 +60,8 @@ class _Connection(asyncio.Protocol):
         self._pending_head: tuple[int, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

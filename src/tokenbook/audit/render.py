@@ -173,25 +173,21 @@ def _keys_section(report: AuditReport, top: int) -> list[Block]:
     shares = rounded_shares([k.share_pct for k in report.keys])
     cum = cumulative(shares)
     shown = report.keys if top <= 0 else report.keys[:top]
-    rows = [
-        [
-            str(k.rank),
-            k.key_id,
-            k.owner,
-            k.team,
-            k.agent,
-            k.workload,
-            usd(k.cost_usd),
-            pct(shares[i]),
-            pct(cum[i]),
-            count(k.tokens),
-            count(k.requests),
-        ]
-        for i, k in enumerate(shown)
-    ]
+    with_unpriced = any(k.unpriced_tokens for k in report.keys)
+    rows: list[list[str]] = []
+    for i, k in enumerate(shown):
+        # A key none of whose usage could be priced has no spend to show, not $0.
+        spend = "unpriced" if k.cost_usd == 0 and k.unpriced_tokens == k.tokens else usd(k.cost_usd)
+        row = [str(k.rank), k.key_id, k.owner, k.team, k.agent, k.workload, spend]
+        row += [pct(shares[i]), pct(cum[i]), count(k.tokens)]
+        if with_unpriced:
+            row.append(count(k.unpriced_tokens))
+        rows.append([*row, count(k.requests)])
     headers = ["#", "key_id", "owner", "team", "agent", "workload"]
-    headers += ["spend", "share", "cumulative", "tokens", "requests"]
-    blocks: list[Block] = [report.concentration.sentence, Table(headers, rows, "rllllllrrrr")]
+    headers += ["spend", "share", "cumulative", "tokens"]
+    headers += ["unpriced tokens", "requests"] if with_unpriced else ["requests"]
+    align = "rlllllrrrr" + "r" * (2 if with_unpriced else 1)
+    blocks: list[Block] = [report.concentration.sentence, Table(headers, rows, align)]
     hidden = len(report.keys) - len(shown)
     if hidden > 0:
         blocks.append(f"... and {hidden} more keys (--top 0 shows all).")
@@ -200,7 +196,8 @@ def _keys_section(report: AuditReport, top: int) -> list[Block]:
 
 def _band_text(e: KeyEfficiency) -> str:
     b = e.band
-    return f"{count(b.low)} - {count(b.high)} ({b.kind} of {b.keys} keys)"
+    keys = "1 key" if b.keys == 1 else f"{b.keys} keys"
+    return f"{count(b.low)} - {count(b.high)} ({b.kind} of {keys})"
 
 
 def _efficiency_section(report: AuditReport, top: int) -> list[Block]:
@@ -239,9 +236,9 @@ def _workloads_section(report: AuditReport) -> list[Block]:
     ]
     shares = rounded_shares([w.share_pct for w in report.workloads])
     for w, share in zip(report.workloads, shares, strict=True):
-        blocks.append(
-            Heading(f"{w.workload}: {usd(w.cost_usd)} ({pct(share)} of spend); mix {mix(w.tokens)}")
-        )
+        priced = any(m.cost_usd is not None for m in w.models)
+        spend = f"{usd(w.cost_usd)} ({pct(share)} of spend)" if priced else "unpriced"
+        blocks.append(Heading(f"{w.workload}: {spend}; mix {mix(w.tokens)}"))
         rows: list[list[str]] = []
         for m in w.models:
             tokens = count(sum(m.tokens.values()))
