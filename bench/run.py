@@ -675,6 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settle-s", type=float, default=0.5)
     p.add_argument("--uvloop", action="store_true", help="run the no-op processor on uvloop")
     p.add_argument("--profile", action="store_true", help="py-spy each tokenbook setup")
+    p.add_argument(
+        "--serve-only", action="store_true", help="start the setups, print them, wait (Ctrl-C)"
+    )
     p.add_argument("--wrk", default="wrk")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--out", type=Path, default=None, help="JSON (default results/latest.json)")
@@ -716,6 +719,8 @@ def run(
         bench.start_setup(s)
         log(f"started {s.name}")
     startup_s = time.monotonic() - bench.started
+    if ns.serve_only:
+        return serve_only(bench, setups)
 
     # Budget: the RSS tests and the profile are fixed costs; the rest is split over passes.
     rss_setups = [s for s in setups if s.kind != "plain"] if ns.rss_streams else []
@@ -809,6 +814,33 @@ def run(
     (bench.work / "result.json").write_text(out.read_text())
     print(render(doc))
     log(f"wrote {out} ({doc['meta']['elapsed_s']:.0f}s)")
+    return 0
+
+
+def serve_only(bench: Bench, setups: Sequence[Setup]) -> int:
+    """Keep the setups up for manual probing or profiling, until Ctrl-C or SIGTERM."""
+    import signal
+
+    info = {
+        "key": bench.key,
+        "path": PATH,
+        "bodies": {k: str(v) for k, v in bench.bodies.items()},
+        "setups": {
+            s.name: {
+                "gateway": f"http://127.0.0.1:{s.gateway_port}",
+                "envoy_pid": s.envoy_pid,
+                "extproc_pid": s.extproc_pid,
+                "metrics": f"http://127.0.0.1:{s.metrics_port}/metrics" if s.metrics_port else None,
+            }
+            for s in setups
+        },
+    }
+    (bench.work / "serve-only.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1)
     return 0
 
 

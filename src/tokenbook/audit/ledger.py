@@ -4,69 +4,55 @@ The ledger is a Redis stream with one entry per booked request (DESIGN.md); entr
 ``<milliseconds>-<seq>``, so the window is an id range and nothing outside it is read. Entries
 are read in pages of `PAGE` so that a long window never holds one giant reply.
 
-An entry's fields are `UsageRecord`'s (protos/tokenbook/v1/usage.proto), flattened: the
-attribution, ``provider``, ``model``, one field per token type that was stated, ``cost_usd``
-(absent when unpriced), ``outcome``, ``source``. `record_from_fields` is the only place that
-knows this layout.
+The entry layout belongs to `tokenbook.ledger.entry` (the writer): its `usage_record` turns an
+entry into the UsageRecord mapping, and this module only maps that onto `AuditRecord`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tokenbook.attribution.connect import redis_client
-from tokenbook.audit.model import ATTRIBUTION, AuditRecord, SourceInfo
+from tokenbook.audit.model import AuditRecord, SourceInfo
 from tokenbook.audit.sources import SourceError, mask_url
+from tokenbook.ledger.entry import OUTCOME_UNBOOKED, usage_record
+from tokenbook.ledger.keyspace import Keyspace
 from tokenbook.usage.types import TOKEN_TYPES, TokenUsage
 
-STREAM = "ledger"
 PAGE = 1000
-# Entries of requests that never reached a provider carry no usage.
-_NOT_SPENDING = frozenset({"denied"})
+# Entries of requests that never reached a provider, or were never metered, carry no usage.
+_NO_USAGE = frozenset({"denied", OUTCOME_UNBOOKED})
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _int(value: str | None) -> int | None:
-    if value is None or value == "":
+def record_from_fields(fields: Mapping[Any, Any]) -> AuditRecord | None:
+    """One ledger entry as a row; None for entries without usage (denied, unbooked)."""
+    rec = usage_record(fields)
+    if rec["outcome"] in _NO_USAGE:
         return None
-    try:
-        number = int(float(value))
-    except ValueError:
-        return None
-    return number if number >= 0 else None
-
-
-def record_from_fields(raw: Mapping[bytes | str, bytes | str]) -> AuditRecord | None:
-    """One ledger entry as a row; None for entries without usage (denied requests)."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    if fields.get("outcome") in _NOT_SPENDING:
-        return None
-    tokens = TokenUsage(**{t: _int(fields.get(t)) for t in TOKEN_TYPES})
-    cost: float | None = None
-    if fields.get("cost_usd"):
-        try:
-            cost = float(fields["cost_usd"])
-        except ValueError:
-            cost = None
-        if cost is not None and not math.isfinite(cost):
-            cost = None
-    attribution = {name: fields.get(name, "") for name in ATTRIBUTION}
+    tokens = rec["tokens"]
+    assert isinstance(tokens, dict)
+    cost = rec.get("cost_usd")
     return AuditRecord(
-        **attribution,
-        provider=fields.get("provider", ""),
-        model=fields.get("model", ""),
-        tokens=tokens,
-        cost_usd=cost,
+        key_id=str(rec["key_id"]),
+        owner=str(rec["owner"]),
+        team=str(rec["team"]),
+        agent=str(rec["agent"]),
+        workload=str(rec["workload"]),
+        provider=str(rec["provider"]),
+        model=str(rec["model"]),
+        tokens=TokenUsage(**{t: int(tokens[t]) for t in TOKEN_TYPES if t in tokens}),
+        cost_usd=float(cost) if isinstance(cost, int | float) else None,
         requests=1,
     )
 
@@ -93,7 +79,7 @@ class LedgerSource:
     clock: Callable[[], float] = field(default=time.time)
 
     def info(self) -> SourceInfo:
-        where = f"{mask_url(self.url)} {self.prefix}{STREAM}"
+        where = f"{mask_url(self.url)} {Keyspace(self.prefix).ledger}"
         return SourceInfo("ledger", where, self.since, f"last {self.since}")
 
     def records(self) -> list[AuditRecord]:
@@ -104,7 +90,7 @@ class LedgerSource:
         return asyncio.run(self._read(client))
 
     async def _read(self, client: Redis) -> list[AuditRecord]:
-        key = f"{self.prefix}{STREAM}"
+        key = Keyspace(self.prefix).ledger
         start = window_start_id(self.since_s, self.clock())
         out: list[AuditRecord] = []
         try:

@@ -71,6 +71,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--gate-fail-open",
+        action="store_true",
+        help="let requests through when tokenbook is unreachable (gate failure_mode_allow: "
+        "true); default: fail closed (500), so no traffic goes unattributed",
+    )
+    p.add_argument(
+        "--meter-fail-closed",
+        action="store_true",
+        help="fail responses when the meter is unreachable (not recommended; default: fail open)",
+    )
+    p.add_argument(
         "--snippet",
         action="store_true",
         help="print only the two ext_proc filters and the tokenbook_extproc cluster, "
@@ -96,6 +107,8 @@ def options_from_args(ns: argparse.Namespace) -> EnvoyConfigOptions:
         tokenbook=ns.tokenbook,
         admin_port=ns.admin_port,
         upstreams=upstreams,
+        gate_failure_mode_allow=bool(getattr(ns, "gate_fail_open", False)),
+        meter_failure_mode_allow=not getattr(ns, "meter_fail_closed", False),
     )
 
 
@@ -110,6 +123,10 @@ def command_line(ns: argparse.Namespace) -> str:
         args += ["--admin-port", str(ns.admin_port)]
     for spec in ns.upstream or []:
         args += ["--upstream", spec]
+    if getattr(ns, "gate_fail_open", False):
+        args.append("--gate-fail-open")
+    if getattr(ns, "meter_fail_closed", False):
+        args.append("--meter-fail-closed")
     if ns.snippet:
         args.append("--snippet")
     return shlex.join(args)

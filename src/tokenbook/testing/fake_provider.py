@@ -12,7 +12,9 @@ Other controls, all request headers:
 - ``x-fake-gzip: 1``            gzip the body and send ``content-encoding: gzip``;
 - ``x-fake-chunk-bytes: N``     send the body in chunks of N bytes (chunked transfer encoding);
 - ``x-fake-chunk-delay-ms: N``  wait N ms between chunks;
-- ``x-fake-abort-after: N``     send N body bytes, then drop the connection (an upstream reset).
+- ``x-fake-abort-after: N``     send N body bytes, then drop the connection (an upstream reset);
+- ``x-fake-bomb-mb: N``         answer with N MiB of zeros, gzip-compressed (a decompression
+  bomb: a fault test, not a provider response).
 
 Run standalone: ``python -m tokenbook.testing.fake_provider --port 8080 --corpus tests/corpus``.
 """
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import gzip
 import threading
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +148,11 @@ class FakeProvider:
         data = fixture.read_bytes()
         status = _status_for(fixture)
         extra: dict[str, str] = {}
-        if headers.get("x-fake-gzip") == "1":
+        bomb_mb = int(headers.get("x-fake-bomb-mb", "0") or 0)
+        if bomb_mb > 0:
+            data = _bomb(bomb_mb)
+            extra["content-encoding"] = "gzip"
+        elif headers.get("x-fake-gzip") == "1":
             data = gzip.compress(data)
             extra["content-encoding"] = "gzip"
         chunk = int(headers.get("x-fake-chunk-bytes", "0") or 0)
@@ -186,6 +193,15 @@ class FakeProvider:
             ready.set()
         async with server:
             await server.serve_forever()
+
+
+def _bomb(megabytes: int) -> bytes:
+    """`megabytes` MiB of zeros, gzip-compressed (about 1000:1), built without holding them."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    parts = [comp.compress(block) for _ in range(megabytes)]
+    parts.append(comp.flush())
+    return b"".join(parts)
 
 
 def _status_for(fixture: Path) -> int:

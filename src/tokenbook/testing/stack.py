@@ -133,6 +133,7 @@ class Stack:
     admin_token: str = "test-admin-token"
     serve_args: Sequence[str] = ()
     serve_env: Mapping[str, str] = field(default_factory=dict)
+    envoy_config_args: Sequence[str] = ()  # extra `tokenbook envoy-config` flags
     redis_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -240,6 +241,7 @@ class Stack:
                 str(self.envoy_admin_port),
                 "--upstream",
                 f"*={self.fake.url}",
+                *self.envoy_config_args,
             ],
             check=True,
             capture_output=True,
