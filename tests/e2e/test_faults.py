@@ -32,7 +32,8 @@ def _rss_mb(pid: int) -> float:
 
 def test_decompression_bomb_leaves_the_response_untouched(stack: Stack) -> None:
     issued = issue_key(stack, "omar", "platform", "prober", "faults")
-    assert stack.tokenbook is not None and stack.tokenbook.proc is not None
+    assert stack.tokenbook is not None
+    assert stack.tokenbook.proc is not None
     pid = stack.tokenbook.proc.pid
     rss_before = _rss_mb(pid)
     conn = http.client.HTTPConnection("127.0.0.1", stack.envoy_port, timeout=60)
@@ -66,7 +67,8 @@ def test_decompression_bomb_leaves_the_response_untouched(stack: Stack) -> None:
     assert sample(text, "tokenbook_tokens_total", token_type="input", **labels) is None
     rss_after = _rss_mb(pid)
     print(
-        f"\nbomb: {len(raw):,} bytes gzip -> {total:,} bytes; tokenbook RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
+        f"\nbomb: {len(raw):,} bytes gzip -> {total:,} bytes; "
+        f"tokenbook RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
     )
     assert rss_after - rss_before < 64, "the meter must not inflate the bomb into memory"
 
@@ -115,7 +117,8 @@ def test_killing_tokenbook_under_load_leaves_responses_unharmed(fail_open_stack:
     for t in threads:
         t.start()
     time.sleep(1.5)
-    assert stack.tokenbook is not None and stack.tokenbook.proc is not None
+    assert stack.tokenbook is not None
+    assert stack.tokenbook.proc is not None
     stack.tokenbook.proc.kill()  # no drain: the worst case
     stack.tokenbook.proc.wait(10)
     killed_at = len(results)
