@@ -12,19 +12,18 @@ work:
   RPC right after the end of stream (ENVOY-NOTES: otherwise Envoy holds the stream for
   ``deferred_close_timeout`` and its circuit breaker overflows).
 
-Transports: ``grpc`` is a plain grpc.aio servicer written here (same server options as
-``tokenbook serve``); ``h2`` runs these no-op processors on tokenbook's own fast HTTP/2 transport
-(`tokenbook.extproc.h2_transport`) when that module exists.
+Transports, named as `tokenbook serve --transport` names them: ``grpcio`` is a plain grpc.aio
+servicer written here (the same server options as ``tokenbook serve``); ``h2`` runs these no-op
+processors on tokenbook's own HTTP/2 transport (`tokenbook.extproc.h2_transport.H2Server`),
+which calls a meter's synchronous ``observe`` directly, as it does tokenbook's.
 
-    python bench/noop_extproc.py --listen 127.0.0.1:50061 [--transport grpc|h2] [--uvloop]
+    python bench/noop_extproc.py --listen 127.0.0.1:50061 [--transport grpcio|h2] [--uvloop]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import inspect
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -105,13 +104,16 @@ class NoopMeter:
         self.done = False
 
     async def on_message(self, msg: pb.ProcessingRequest) -> None:
+        self.done = self.observe(msg)
+
+    def observe(self, msg: pb.ProcessingRequest) -> bool:
+        """Synchronous, like tokenbook's `MeterStream.observe` (the h2 transport calls it)."""
         which = msg.WhichOneof("request")
         if which == "response_body":
-            self.done = msg.response_body.end_of_stream
-        elif which == "response_headers":
-            self.done = msg.response_headers.end_of_stream
-        elif which == "response_trailers":
-            self.done = True
+            return bool(msg.response_body.end_of_stream)
+        if which == "response_headers":
+            return bool(msg.response_headers.end_of_stream)
+        return bool(which == "response_trailers")
 
     def close(self) -> None:
         pass
@@ -181,19 +183,10 @@ async def serve_grpc(listen: str, stop: asyncio.Event) -> None:
 
 
 async def serve_h2(listen: str, stop: asyncio.Event) -> None:
-    """Run the no-op processors on tokenbook's h2 transport (its API is found, not assumed)."""
-    mod = importlib.import_module("tokenbook.extproc.h2_transport")
-    server_cls: Any = next(
-        (
-            obj
-            for name, obj in vars(mod).items()
-            if inspect.isclass(obj) and name.endswith("Server") and obj.__module__ == mod.__name__
-        ),
-        None,
-    )
-    if server_cls is None:
-        raise RuntimeError("tokenbook.extproc.h2_transport has no *Server class")
-    server = server_cls(listen, NoopProcessors())
+    """The no-op processors on tokenbook's own HTTP/2 transport."""
+    from tokenbook.extproc.h2_transport import H2Server
+
+    server = H2Server(listen, NoopProcessors())
     await server.start()
     print(f"noop ext_proc (h2) on {listen}", flush=True)
     await stop.wait()
@@ -214,7 +207,7 @@ async def amain(ns: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="no-op ext_proc processor for the bench")
     p.add_argument("--listen", required=True, help="HOST:PORT")
-    p.add_argument("--transport", choices=["grpc", "h2"], default="grpc")
+    p.add_argument("--transport", choices=["grpcio", "grpc", "h2"], default="grpcio")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     ns = p.parse_args(argv)
     if ns.uvloop:

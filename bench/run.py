@@ -138,6 +138,22 @@ def start_envoy(name: str, config: Path, admin_port: int, work: Path) -> Managed
     return proc
 
 
+def free_ports(n: int) -> int:
+    """A port P with P+1 .. P+n-1 free too (`serve --workers N` listens on port + index)."""
+    import socket
+
+    for _ in range(100):
+        port = free_port()
+        try:
+            for p in range(port + 1, port + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def serve_help() -> str:
     done = subprocess.run(
         [executable("tokenbook"), "serve", "--help"], capture_output=True, text=True, timeout=60
@@ -287,7 +303,7 @@ class Bench:
 
     def start_extproc(self, setup: Setup) -> str:
         """Start the processor of a setup; its address for the Envoy cluster."""
-        port = free_port()
+        port = free_ports(setup.workers)
         if setup.kind == "noop":
             argv = [
                 sys.executable,
@@ -323,7 +339,10 @@ class Bench:
                 argv += ["--workers", str(setup.workers)]
                 argv += setup.extra.get("serve_args", [])
             proc = self._keep(ManagedProcess(setup.name, argv, self.work).start())
-            proc.wait_ready(lambda: self.scrape(setup) is not None and tcp_open(port), 60)
+            ports = range(port, port + setup.workers)
+            proc.wait_ready(
+                lambda: self.scrape(setup) is not None and all(tcp_open(p) for p in ports), 60
+            )
         setup.extproc = proc
         return f"127.0.0.1:{port}"
 
@@ -505,6 +524,7 @@ class Bench:
             "authorization": f"Bearer {self.key}",
             "content-type": "application/json",
             "x-bench-upstream": "stream",
+            "x-bench-first-ms": "5",
             "x-bench-delay-ms": "1000",
             "x-bench-chunks": "60",
         }
@@ -527,6 +547,7 @@ class Bench:
                 headers,
                 streams=streams,
                 open_timeout_s=45,
+                ramp=self.ns.rss_ramp,
                 sampler=sampler,
             )
         )
@@ -543,6 +564,7 @@ class Bench:
             "setup": setup.name,
             "streams": streams,
             "opened": held.opened,
+            "failed": held.failed,
             "open_s": held.open_s,
             "rss_idle_mb": idle / 2**20,
             "rss_mb": peak / 2**20,
@@ -670,6 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}"
     )
     p.add_argument("--rss-streams", type=int, default=1000, help="0 skips the RSS test")
+    p.add_argument(
+        "--rss-ramp", type=int, default=50, help="streams being opened at once in the RSS test"
+    )
     p.add_argument("--ttfb-single", type=int, default=8, help="single-stream TTFB samples")
     p.add_argument("--ttfb-rounds", type=int, default=2, help="rounds of 32 concurrent streams")
     p.add_argument("--settle-s", type=float, default=0.5)
@@ -723,8 +748,10 @@ def run(
         return serve_only(bench, setups)
 
     # Budget: the RSS tests and the profile are fixed costs; the rest is split over passes.
-    rss_setups = [s for s in setups if s.kind != "plain"] if ns.rss_streams else []
-    fixed = 25.0 * len(rss_setups) + (
+    rss_setups = (
+        [s for s in setups if s.kind != "plain" and s.workers == 1] if ns.rss_streams else []
+    )
+    fixed = 15.0 * len(rss_setups) + (
         2 * 12.0 * len([s for s in setups if s.kind == "tokenbook"]) if ns.profile else 0
     )
     ttfb_cost = 0.25 * ns.ttfb_single + 0.3 * ns.ttfb_rounds + 1.0

@@ -9,6 +9,7 @@ HTTP/1.1 with keep-alive (what Envoy speaks upstream by default). Per request, h
 
     x-bench-delay-ms   gap between events (default 5)
     x-bench-chunks     number of `data:` events including the final `[DONE]` (default 30)
+    x-bench-first-ms   delay before the first event (default: the gap)
 
 The events are the recorded OpenAI stream `stream_include_usage_reasoning.sse`, padded with
 content deltas cloned from its first event to the requested count, so the meter sees a real
@@ -57,7 +58,7 @@ class _Connection(asyncio.Protocol):
         self._body_left = -1  # -1: reading a head; >= 0: body bytes still to skip
         self._streaming = False
         self._timer: asyncio.TimerHandle | None = None
-        self._pending_head: tuple[int, int] | None = None
+        self._pending_head: tuple[int, int, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its methods
@@ -92,8 +93,9 @@ class _Connection(asyncio.Protocol):
             assert self._pending_head is not None
             self._start(*self._pending_head)
 
-    def _parse(self, head: str) -> tuple[int, tuple[int, int]]:
+    def _parse(self, head: str) -> tuple[int, tuple[int, int, int]]:
         length, delay_ms, chunks = 0, self._server.delay_ms, self._server.chunks
+        first_ms: int | None = None
         for line in head.split("\r\n")[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
@@ -103,9 +105,11 @@ class _Connection(asyncio.Protocol):
                 delay_ms = int(value.strip())
             elif name == "x-bench-chunks":
                 chunks = int(value.strip())
-        return length, (delay_ms, chunks)
+            elif name == "x-bench-first-ms":
+                first_ms = int(value.strip())
+        return length, (delay_ms, chunks, delay_ms if first_ms is None else first_ms)
 
-    def _start(self, delay_ms: int, chunks: int) -> None:
+    def _start(self, delay_ms: int, chunks: int, first_ms: int) -> None:
         if self._transport is None:
             return
         self._streaming = True
@@ -114,11 +118,11 @@ class _Connection(asyncio.Protocol):
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
         events = self._server.events_for(chunks)
-        self._schedule(events, 0, delay_ms / 1000)
+        self._schedule(events, 0, delay_ms / 1000, first_ms / 1000)
 
-    def _schedule(self, events: list[bytes], i: int, delay_s: float) -> None:
+    def _schedule(self, events: list[bytes], i: int, delay_s: float, wait_s: float) -> None:
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(delay_s, self._send, events, i, delay_s)
+        self._timer = loop.call_later(wait_s, self._send, events, i, delay_s)
 
     def _send(self, events: list[bytes], i: int, delay_s: float) -> None:
         self._timer = None
@@ -126,7 +130,7 @@ class _Connection(asyncio.Protocol):
             return
         if i + 1 < len(events):
             self._transport.write(_chunk(events[i]))
-            self._schedule(events, i + 1, delay_s)
+            self._schedule(events, i + 1, delay_s, delay_s)
             return
         self._transport.write(_chunk(events[i]) + b"0\r\n\r\n")
         self._streaming = False

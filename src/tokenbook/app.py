@@ -9,7 +9,8 @@ Drain on SIGTERM / SIGINT, like a runbook:
 1. health -> NOT_SERVING, so load balancers and Envoy's health checks move away;
 2. stop accepting new streams; open streams get up to ``drain_timeout_s`` to finish;
 3. streams still open then are cancelled (the meter books them as aborted);
-4. background tasks stop, Redis closes, ``/metrics`` stops last.
+4. the ledger writes what is still queued (to Redis, or to its spool when Redis is down);
+5. background tasks stop, Redis closes, ``/metrics`` stops last.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ from tokenbook.attribution.connect import redis_client
 from tokenbook.attribution.registry import KeyRegistry
 from tokenbook.booking import Booker
 from tokenbook.extproc.admin import KeyRegistryService
-from tokenbook.extproc.server import GrpcServer
+from tokenbook.extproc.server import make_server
 from tokenbook.extproc.streams import Processors
 from tokenbook.gate import Gate, GatePolicy
+from tokenbook.ledger.service import Ledger
 from tokenbook.meter import MeterSession
-from tokenbook.metrics.instruments import Metrics, RegistryCacheCollector
+from tokenbook.metrics.instruments import (
+    BudgetRemainingCollector,
+    Metrics,
+    RegistryCacheCollector,
+)
 from tokenbook.pricing.overrides import PriceOverrides, load_overrides
 from tokenbook.pricing.pricer import Pricer
 from tokenbook.settings import Settings, read_credential
@@ -81,9 +87,22 @@ class App:
             attribution_labels=settings.labels,
             label_limits=settings.label_limits,
         )
-        self.metrics_registry.register(RegistryCacheCollector(self.resolver.stats))
+        # Collectors read at scrape time cannot go through prometheus_client's multiprocess
+        # files: under `serve --workers N` they get their own registry, which the worker
+        # writes out for the supervisor's /metrics (tokenbook.workers).
+        self.custom_registry = (
+            CollectorRegistry()
+            if environ.get("PROMETHEUS_MULTIPROC_DIR")
+            else self.metrics_registry
+        )
+        self.custom_registry.register(
+            RegistryCacheCollector(self.resolver.stats, lambda: self.resolver.healthy)
+        )
         self.pricer = Pricer(overrides or PriceOverrides())
-        self.booker = Booker(self.metrics, self.pricer)
+        # Spend, budgets, suspensions, the ledger stream and its spool (tokenbook/ledger/).
+        self.ledger = Ledger(settings, self.redis, self.metrics)
+        self.custom_registry.register(BudgetRemainingCollector(self.ledger.remaining))
+        self.booker = Booker(self.metrics, self.pricer, sink=self.ledger.record)
         gate = Gate(
             self.resolver,
             GatePolicy(
@@ -96,6 +115,7 @@ class App:
                     settings.include_usage_providers if settings.include_usage else ()
                 ),
             ),
+            admission=self.ledger.admission,
         )
         processors = Processors(
             gate=gate,
@@ -114,7 +134,7 @@ class App:
             if settings.admin_enabled
             else None
         )
-        self.grpc = GrpcServer(settings.listen, processors, admin)
+        self.grpc = make_server(settings.transport, settings.listen, processors, admin)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -129,6 +149,7 @@ class App:
         try:
             await self.grpc.start()
             self._tasks.append(asyncio.create_task(self.resolver.run_invalidation()))
+            self._tasks.append(asyncio.create_task(self.ledger.run()))
             log.info(
                 "tokenbook serving ext_proc on %s (admin API %s), metrics on %s:%d",
                 self.settings.listen,
@@ -149,6 +170,8 @@ class App:
             log.info("draining: up to %.0fs for open streams", self.settings.drain_timeout_s)
             await self.grpc.stop(self.settings.drain_timeout_s)
         finally:
+            with suppress(Exception):
+                await self.ledger.drain(timeout_s=5.0)
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
@@ -156,6 +179,7 @@ class App:
                     await task
             with suppress(Exception):
                 await self.redis.aclose()
+            await self.ledger.aclose()
             metrics_server.shutdown()
             metrics_server.server_close()
             metrics_thread.join(timeout=5)

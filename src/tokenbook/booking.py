@@ -1,16 +1,23 @@
 """Booking: turn one finished response's extraction into priced counters.
 
 The meter decides *what* happened (an `Extraction` and an outcome); the booker prices the usage
-and writes it to the Prometheus instruments. Usage that cannot be priced books its tokens, no
-cost, and one `tokenbook_price_missing_total` — never $0.
+and writes it to the Prometheus instruments, then hands a `LedgerEntry` to the ledger sink (spend
+counters, budgets, the ledger stream: `tokenbook.ledger`). Usage that cannot be priced books its
+tokens, no cost, and one `tokenbook_price_missing_total` — never $0.
+
+The sink is synchronous and never blocks: the ledger queues the entry and writes it to Redis (or
+its spool) in the background, so booking costs the meter no round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from tokenbook.attribution.model import UNATTRIBUTED
+from tokenbook.ledger.entry import LedgerEntry, booking_id
 from tokenbook.metrics.instruments import Metrics
 from tokenbook.pricing.pricer import Pricer
 from tokenbook.usage.types import Extraction, Reason, Source
@@ -45,6 +52,8 @@ class Booking:
     outcome: Outcome
     duration_s: float | None = None
     ttft_s: float | None = None
+    # The gate's admission id (dynamic metadata): with the request id, the idempotency id.
+    admission_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +65,18 @@ class Booked:
 
 
 class Booker:
-    def __init__(self, metrics: Metrics, pricer: Pricer) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        pricer: Pricer,
+        *,
+        sink: Callable[[LedgerEntry], None] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._m = metrics
         self._pricer = pricer
+        self._sink = sink
+        self._wall = wall
 
     def _labels(self, attribution: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -81,26 +99,53 @@ class Booker:
                 m.price_missing.labels(provider=provider, model=model).inc()
             else:
                 cost_total = price.total_usd
+            # Positional label values in labelnames order, through the child cache
+            # (`Metrics.child`): `labels(**kw)` per call was most of a booking's cost.
+            attr_values = tuple(attr.values())  # in `attribution_labels` order
             for token_type, count in tokens.items():
-                m.tokens.labels(
-                    token_type=token_type, provider=provider, model=model, source=source, **attr
-                ).inc(count)
+                m.child(m.tokens, token_type, provider, model, *attr_values, source).inc(count)
                 if price is not None:
-                    m.cost.labels(
-                        token_type=token_type, provider=provider, model=model, source=source, **attr
-                    ).inc(price.by_type.get(token_type, 0.0))
+                    m.child(m.cost, token_type, provider, model, *attr_values, source).inc(
+                        price.by_type.get(token_type, 0.0)
+                    )
         if b.extraction.reason not in (Reason.NONE, Reason.NOT_BILLED) or (
             b.extraction.source is Source.ESTIMATED
         ):
             m.usage_missing_reasons.labels(
                 provider=provider, reason=b.extraction.reason.value or "estimated"
             ).inc()
-        m.requests.labels(provider=provider, model=model, outcome=b.outcome.value, **attr).inc()
+        m.child(m.requests, provider, model, *attr.values(), b.outcome.value).inc()
         if b.duration_s is not None:
-            m.duration.labels(provider=provider, model=model).observe(b.duration_s)
+            m.child(m.duration, provider, model).observe(b.duration_s)
         if b.ttft_s is not None:
-            m.ttft.labels(provider=provider, model=model).observe(b.ttft_s)
+            m.child(m.ttft, provider, model).observe(b.ttft_s)
+        if self._sink is not None:
+            self._sink(self._entry(b, tokens, cost_total, source))
         return Booked(tokens=tokens, cost_usd=cost_total)
+
+    def _entry(
+        self, b: Booking, tokens: Mapping[str, int], cost: float | None, source: str
+    ) -> LedgerEntry:
+        a = b.attribution
+        owner = a.get("owner", UNATTRIBUTED)
+        return LedgerEntry(
+            booking_id=booking_id(b.request_id, b.admission_id),
+            request_id=b.request_id,
+            booked_at=self._wall(),
+            key_id=a.get("key_id", UNATTRIBUTED),
+            owner=owner,
+            team=a.get("team", UNATTRIBUTED),
+            agent=a.get("agent", UNATTRIBUTED),
+            workload=a.get("workload", UNATTRIBUTED),
+            provider=b.provider,
+            model=b.model,
+            tokens=tokens,
+            cost_usd=cost,
+            outcome=b.outcome.value,
+            source=source,
+            # Issued keys never have an "unattributed" owner (issuance refuses it).
+            attributed=owner != UNATTRIBUTED,
+        )
 
     def book_denied(self, provider: str, attribution: Mapping[str, str], model: str) -> None:
         """A request the gate refused: counted, never priced."""

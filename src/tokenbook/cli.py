@@ -28,6 +28,19 @@ class _Parser(argparse.ArgumentParser):
 def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML settings file (env TOKENBOOK_CONFIG)")
     p.add_argument("--listen", help="ext_proc gRPC address HOST:PORT (default 127.0.0.1:50051)")
+    p.add_argument(
+        "--transport",
+        choices=["grpcio", "h2"],
+        help="ext_proc server: grpcio (grpc.aio) or h2 (tokenbook's own, faster; default grpcio)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, on ports --listen .. --listen+N-1, one aggregated /metrics "
+        "(default 1; render Envoy's cluster with `tokenbook envoy-config --workers N`)",
+    )
+    # set by the --workers supervisor on the processes it starts
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--metrics-listen", help="/metrics address HOST:PORT (default 127.0.0.1:9464)")
     p.add_argument("--redis-url", help="key registry (default redis://127.0.0.1:6379/0)")
     p.add_argument("--redis-prefix", help="Redis key prefix (default tokenbook:)")
@@ -107,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_serve(ns: argparse.Namespace, environ: Mapping[str, str], stderr: TextIO) -> int:
+def _run_serve(
+    ns: argparse.Namespace, environ: Mapping[str, str], stderr: TextIO, argv: Sequence[str]
+) -> int:
     from tokenbook.app import serve
     from tokenbook.settings import SettingsError, load_settings, read_admin_token_file
 
@@ -115,6 +130,8 @@ def _run_serve(ns: argparse.Namespace, environ: Mapping[str, str], stderr: TextI
         name: getattr(ns, name)
         for name in (
             "listen",
+            "transport",
+            "workers",
             "metrics_listen",
             "redis_url",
             "redis_prefix",
@@ -139,7 +156,17 @@ def _run_serve(ns: argparse.Namespace, environ: Mapping[str, str], stderr: TextI
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        asyncio.run(serve(settings, environ))
+        if ns.worker_index is not None:
+            from tokenbook.workers import run_worker, worker_settings
+
+            index = ns.worker_index
+            asyncio.run(run_worker(worker_settings(settings, index), environ, index))
+        elif settings.workers > 1:
+            from tokenbook.workers import supervise
+
+            return supervise(settings, argv, environ, stderr)
+        else:
+            asyncio.run(serve(settings, environ))
     except SettingsError as exc:
         print(f"tokenbook serve: {exc}", file=stderr)
         return 2
@@ -167,7 +194,7 @@ def main(
     except SystemExit as exc:
         return int(exc.code or 0)
     if ns.command == "serve":
-        return _run_serve(ns, env, err)
+        return _run_serve(ns, env, err, sys.argv[1:] if argv is None else argv)
     if ns.command == "envoy-config":
         from tokenbook.envoyconfig import command as envoy_command
 

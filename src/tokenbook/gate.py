@@ -7,7 +7,14 @@ turns the `Admit` / `Refuse` back into an Envoy answer. Failure behaviour, per D
   admitted as ``unattributed`` with the key's fingerprint as key_id (allow);
 - revoked / expired    -> always 401;
 - registry unreachable and the key not cached -> ``registry_down`` policy: 503 (deny) or
-  admitted as ``unattributed`` (allow).
+  admitted as ``unattributed`` (allow);
+- agent suspended (``tokenbook agents suspend``) -> 403;
+- a budget used up (the key's, its agent's, workload's or team's) -> 429 naming the budget and
+  when it resets.
+
+The last two, and the admission record that lets a request the meter never books be counted,
+are `tokenbook.ledger.admission.AdmissionControl`'s; an admitted request's dynamic metadata
+carries its ``admission_id`` so the meter books it under the same idempotency id.
 
 Every client-sent ``x-tokenbook-*`` header is removed before the trusted ones are set, and the
 tokenbook key never leaves the gateway.
@@ -36,6 +43,7 @@ from tokenbook.attribution.headers import (
 from tokenbook.attribution.keys import parse_key_id
 from tokenbook.attribution.model import KeyRecord, Unattributed
 from tokenbook.attribution.registry import RegistryUnavailable
+from tokenbook.ledger.admission import AdmissionControl, Refusal
 from tokenbook.providers import ErrorReply, error_reply
 from tokenbook.request_body import (
     DEFAULT_INCLUDE_USAGE_PROVIDERS,
@@ -96,23 +104,27 @@ class Gate:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         wall: Callable[[], float] = time.time,
+        admission: AdmissionControl | None = None,
     ) -> None:
         self._resolver = resolver
         self._policy = policy
         self._now = now
         self._wall = wall
+        self._admission = admission
 
     async def decide(self, req: RequestInfo) -> Admit | Refuse:
         provider = req.provider or "unknown"
         found = find_key(list(req.headers), req.query)
         if found is None:
-            return self._unknown(req, provider, None, None, "missing_key", "no API key was sent")
+            return await self._unknown(
+                req, provider, None, None, "missing_key", "no API key was sent"
+            )
         key, where = found
         try:
             record = await self._resolver.resolve(key)
         except RegistryUnavailable:
             if self._policy.registry_down == "allow":
-                return self._admit(req, provider, None, key, where, "allowed_registry_down")
+                return await self._admit(req, provider, None, key, where, "allowed_registry_down")
             return Refuse(
                 error_reply(
                     provider,
@@ -123,16 +135,16 @@ class Gate:
                 "registry_unavailable",
             )
         if record is None:
-            return self._unknown(req, provider, key, where, "unknown_key", "unknown API key")
+            return await self._unknown(req, provider, key, where, "unknown_key", "unknown API key")
         reason = record.denial_reason(self._now())
         if reason is not None:
             return Refuse(
                 error_reply(provider, 401, f"key_{reason}", f"this API key is {reason}"),
                 f"key_{reason}",
             )
-        return self._admit(req, provider, record, key, where, "allowed")
+        return await self._admit(req, provider, record, key, where, "allowed")
 
-    def _unknown(
+    async def _unknown(
         self,
         req: RequestInfo,
         provider: str,
@@ -142,10 +154,10 @@ class Gate:
         message: str,
     ) -> Admit | Refuse:
         if self._policy.unknown_keys == "allow":
-            return self._admit(req, provider, None, key, where, f"allowed_{decision}")
+            return await self._admit(req, provider, None, key, where, f"allowed_{decision}")
         return Refuse(error_reply(provider, 401, decision, message), decision)
 
-    def _admit(
+    async def _admit(
         self,
         req: RequestInfo,
         provider: str,
@@ -153,9 +165,26 @@ class Gate:
         key: str | None,
         where: str | None,
         decision: str,
-    ) -> Admit:
+    ) -> Admit | Refuse:
         subject: KeyRecord | Unattributed = record if record is not None else unattributed(key)
         attribution = subject.attribution
+        admission_id = ""
+        if self._admission is not None:
+            verdict = await self._admission.admit(
+                provider=provider,
+                request_id=req.request_id,
+                key_id=subject.key_id,
+                attribution=attribution,
+                attributed=record is not None,
+                key_budget=(
+                    (record.budget_daily_usd, record.budget_monthly_usd)
+                    if record is not None
+                    else (None, None)
+                ),
+            )
+            if isinstance(verdict, Refusal):
+                return Refuse(verdict.reply, verdict.decision)
+            admission_id = verdict.admission_id
         set_headers = attribution_headers(subject)
         remove = client_attribution_headers(req.headers)
         if key is not None and where is not None and parse_key_id(key) is not None:
@@ -180,6 +209,8 @@ class Gate:
             "request_id": req.request_id,
             "admitted_at": f"{self._wall():.6f}",
         }
+        if admission_id:
+            metadata["admission_id"] = admission_id
         # Envoy applies removals after sets: never remove a header we set (the set overwrites
         # every client-sent copy of it anyway, duplicates included).
         set_names = {name for name, _ in set_headers}

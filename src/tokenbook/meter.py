@@ -48,6 +48,7 @@ class MeterSession:
         self._status = 0
         self._adapter: UsageAdapter | None = None
         self._request_model: str | None = None
+        self._admission_id = ""
         self.booked = False
 
     def on_request_headers(self, req: RequestInfo, metadata: Mapping[str, str]) -> None:
@@ -56,6 +57,8 @@ class MeterSession:
         self._attribution = {
             name: str(metadata.get(name) or "unattributed") for name in _ATTRIBUTION_FIELDS
         }
+        # The gate's admission id makes the booking idempotent (tokenbook.ledger.entry).
+        self._admission_id = str(metadata.get("admission_id") or "")
         # The gate notes the body's `model` where it read the body; else the URL may name it.
         self._request_model = metadata.get("request_model") or model_from_path(req.provider_path)
 
@@ -116,5 +119,6 @@ class MeterSession:
                 outcome=outcome_for(self._status, extraction, end_of_stream=end_of_stream),
                 duration_s=now - self._started,
                 ttft_s=(self._first_byte - self._started) if self._first_byte else None,
+                admission_id=self._admission_id,
             )
         )

@@ -8,6 +8,8 @@ environment passed in, so tests can build settings without touching the process 
 YAML file layout (every key optional)::
 
     listen: 127.0.0.1:50051
+    transport: grpcio            # grpcio (grpc.aio) | h2 (tokenbook's own HTTP/2 transport)
+    workers: 1                    # processes, on ports listen..listen+N-1 (tokenbook.workers)
     metrics_listen: 127.0.0.1:9464
     redis_url: redis://127.0.0.1:6379/0
     redis_prefix: "tokenbook:"
@@ -32,6 +34,16 @@ YAML file layout (every key optional)::
     labels: [owner, team, agent, workload, key_id]    # attribution labels on the token metrics
     label_limits: {model: 200, owner: 1000, team: 200, agent: 2000, workload: 1000, key_id: 10000}
     prices_file: /etc/tokenbook/prices.yaml
+    # ledger, budgets, lost observations (tokenbook/ledger/)
+    ledger_maxlen: 1000000        # the ledger stream keeps about this many entries (XADD MAXLEN ~)
+    ledger_idempotency_ttl_s: 86400    # a booking replayed within this never counts twice
+    ledger_spool_dir: tokenbook-spool  # bookings while Redis is down (one directory per replica)
+    ledger_spool_max_bytes: 268435456  # 256 MiB; what does not fit is counted as dropped
+    ledger_spool_fsync_entries: 100    # fsync after this many spooled lines (0: off) ...
+    ledger_spool_fsync_interval_s: 1   # ... or this long after an append (0: off)
+    unbooked_timeout_s: 600       # an admitted request the meter never booked is "unbooked"
+    unbooked_max_pending: 1000000 # admission records kept in memory per replica
+    budget_reservation_usd: 0.01  # the least a request reserves against a budget at admission
 """
 
 from __future__ import annotations
@@ -72,6 +84,8 @@ class CredentialSource:
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
+    transport: str = "grpcio"  # grpcio | h2: which ext_proc server (extproc/server.py)
+    workers: int = 1  # worker processes, one port each (tokenbook.workers)
     metrics_listen: str = "127.0.0.1:9464"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tokenbook:"
@@ -94,6 +108,15 @@ class Settings:
     label_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LABEL_LIMITS))
     prices_file: str | None = None
     log_level: str = "info"
+    ledger_maxlen: int = 1_000_000
+    ledger_idempotency_ttl_s: float = 86_400.0
+    ledger_spool_dir: str = "tokenbook-spool"
+    ledger_spool_max_bytes: int = 256 * 1024 * 1024
+    ledger_spool_fsync_entries: int = 100
+    ledger_spool_fsync_interval_s: float = 1.0
+    unbooked_timeout_s: float = 600.0
+    unbooked_max_pending: int = 1_000_000
+    budget_reservation_usd: float = 0.01
 
     @property
     def admin_enabled(self) -> bool:
@@ -111,6 +134,8 @@ class Settings:
 # Settings that can come from flags / env / YAML, with their parser. Mappings only from YAML.
 _SCALARS: dict[str, type] = {
     "listen": str,
+    "transport": str,
+    "workers": int,
     "metrics_listen": str,
     "redis_url": str,
     "redis_prefix": str,
@@ -126,6 +151,15 @@ _SCALARS: dict[str, type] = {
     "include_usage": bool,
     "prices_file": str,
     "log_level": str,
+    "ledger_maxlen": int,
+    "ledger_idempotency_ttl_s": float,
+    "ledger_spool_dir": str,
+    "ledger_spool_max_bytes": int,
+    "ledger_spool_fsync_entries": int,
+    "ledger_spool_fsync_interval_s": float,
+    "unbooked_timeout_s": float,
+    "unbooked_max_pending": int,
+    "budget_reservation_usd": float,
 }
 
 
@@ -222,7 +256,31 @@ def _from_yaml(data: Mapping[str, Any], origin: str) -> dict[str, object]:
     return out
 
 
+def _validate_ledger(s: Settings) -> None:
+    positive = (
+        "ledger_maxlen",
+        "ledger_idempotency_ttl_s",
+        "ledger_spool_max_bytes",
+        "unbooked_timeout_s",
+        "unbooked_max_pending",
+        # The overrun bound of a budget (ledger/admission.py) needs a reservation above zero.
+        "budget_reservation_usd",
+    )
+    for name in positive:
+        value = getattr(s, name)
+        if not value > 0 or value != value or value == float("inf"):
+            raise SettingsError(f"{name}: must be a positive number, got {value!r}")
+    for name in ("ledger_spool_fsync_entries", "ledger_spool_fsync_interval_s"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name}: must be 0 (off) or positive, got {getattr(s, name)!r}")
+
+
 def _validate(s: Settings) -> Settings:
+    _validate_ledger(s)
+    if s.transport not in {"grpcio", "h2"}:
+        raise SettingsError(f"transport: must be 'grpcio' or 'h2', got {s.transport!r}")
+    if not 1 <= s.workers <= 64:
+        raise SettingsError(f"workers: must be 1-64, got {s.workers!r}")
     for name in ("unknown_keys", "registry_down"):
         if getattr(s, name) not in {"deny", "allow"}:
             raise SettingsError(f"{name}: must be 'deny' or 'allow', got {getattr(s, name)!r}")

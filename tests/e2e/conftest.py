@@ -7,6 +7,7 @@ by issuing their own keys and tagging requests with a unique `x-test-id` header.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,9 +22,19 @@ ANTHROPIC_PROVIDER_KEY = "sk-ant-fake-provider-credential"
 BOOKING_TIMEOUT_S = 10.0
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("stack")
+def _transports() -> list[str]:
+    """Every e2e test runs once per ext_proc transport (`tokenbook serve --transport`);
+    TOKENBOOK_E2E_TRANSPORTS=h2 (comma-separated) narrows that while iterating."""
+    chosen = os.environ.get("TOKENBOOK_E2E_TRANSPORTS", "grpcio,h2")
+    return [t.strip() for t in chosen.split(",") if t.strip()]
+
+
+@pytest.fixture(scope="session", params=_transports())
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    transport: str = request.param
+    work = tmp_path_factory.mktemp(f"stack-{transport}")
     config = work / "tokenbook.yaml"
     # Credential swap on, with a provider credential configured for anthropic only: the openai
     # route shows the default behaviour (tokenbook key removed, nothing set), the anthropic
@@ -37,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Iterato
     s = Stack(
         workdir=work,
         corpus=corpus_dir,
-        serve_args=["--config", str(config)],
+        serve_args=["--config", str(config), "--transport", transport],
         serve_env={"FAKE_ANTHROPIC_KEY": ANTHROPIC_PROVIDER_KEY},
     )
     s.start()

@@ -52,14 +52,16 @@ def request_headers_msg(
     )
 
 
-@pytest.fixture
-async def app(redis_url: str) -> AsyncIterator[Running]:
+@pytest.fixture(params=["grpcio", "h2"])
+async def app(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """The service on each transport (`--transport`): both must pass every scenario here."""
     settings = load_settings(
         {
             "listen": "127.0.0.1:0",
             "metrics_listen": "127.0.0.1:0",
             "redis_url": redis_url,
             "admin_token": ADMIN_TOKEN,
+            "transport": request.param,
         },
         environ={},
     )

@@ -1,11 +1,11 @@
-"""The Redis ledger as an audit source: XRANGE over ``<prefix>ledger`` for the window.
+"""The Redis ledger as an audit source: every entry booked in the window.
 
-The ledger is a Redis stream with one entry per booked request (DESIGN.md); entry ids are
-``<milliseconds>-<seq>``, so the window is an id range and nothing outside it is read. Entries
-are read in pages of `PAGE` so that a long window never holds one giant reply.
-
-The entry layout belongs to `tokenbook.ledger.entry` (the writer): its `usage_record` turns an
-entry into the UsageRecord mapping, and this module only maps that onto `AuditRecord`.
+The ledger is a Redis stream with one entry per booked request (DESIGN.md), written and laid
+out by `tokenbook.ledger`; this module reads it through that package's own reader
+(`tokenbook.ledger.reader.between`: XRANGE in pages from the window's start, each entry kept by
+its own booking ``time``, so entries replayed from a spool after an outage count in the window
+they were booked in) and maps each entry (`tokenbook.ledger.entry.usage_record`) onto an
+`AuditRecord`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,15 +25,11 @@ from tokenbook.audit.model import AuditRecord, SourceInfo
 from tokenbook.audit.sources import SourceError, mask_url
 from tokenbook.ledger.entry import OUTCOME_UNBOOKED, usage_record
 from tokenbook.ledger.keyspace import Keyspace
+from tokenbook.ledger.reader import between
 from tokenbook.usage.types import TOKEN_TYPES, TokenUsage
 
-PAGE = 1000
 # Entries of requests that never reached a provider, or were never metered, carry no usage.
 _NO_USAGE = frozenset({"denied", OUTCOME_UNBOOKED})
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def record_from_fields(fields: Mapping[Any, Any]) -> AuditRecord | None:
@@ -57,17 +54,6 @@ def record_from_fields(fields: Mapping[Any, Any]) -> AuditRecord | None:
     )
 
 
-def window_start_id(since_s: float, now_s: float) -> str:
-    """The first stream id inside a window of ``since_s`` seconds ending at ``now_s``."""
-    return f"{max(0, int((now_s - since_s) * 1000))}-0"
-
-
-def _next_id(entry_id: str) -> str:
-    """The smallest id after ``entry_id`` (XRANGE's exclusive ``(`` needs Redis 6.2)."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
 @dataclass(frozen=True, slots=True)
 class LedgerSource:
     """Every ledger entry of the window."""
@@ -90,26 +76,19 @@ class LedgerSource:
         return asyncio.run(self._read(client))
 
     async def _read(self, client: Redis) -> list[AuditRecord]:
-        key = Keyspace(self.prefix).ledger
-        start = window_start_id(self.since_s, self.clock())
+        keyspace = Keyspace(self.prefix)
+        since = datetime.fromtimestamp(self.clock() - self.since_s, UTC)
         out: list[AuditRecord] = []
         try:
-            if not await client.exists(key):
+            if not await client.exists(keyspace.ledger):
                 raise SourceError(
-                    f"no ledger stream {key!r} in {mask_url(self.url)}: check --redis-url and "
-                    "--redis-prefix (or read --prometheus / --metrics-url instead)"
+                    f"no ledger stream {keyspace.ledger!r} in {mask_url(self.url)}: check "
+                    "--redis-url and --redis-prefix (or read --prometheus / --metrics-url instead)"
                 )
-            while True:
-                page = await client.xrange(key, min=start, max="+", count=PAGE) or []
-                last = ""
-                for entry_id, raw in page:
-                    last = _text(entry_id or b"")
-                    record = record_from_fields(raw or {})
-                    if record is not None:
-                        out.append(record)
-                if len(page) < PAGE or not last:
-                    break
-                start = _next_id(last)
+            async for _entry_id, fields in between(client, keyspace, since, None):
+                record = record_from_fields(fields)
+                if record is not None:
+                    out.append(record)
         except RedisError as exc:
             raise SourceError(
                 f"cannot read the ledger at {mask_url(self.url)}: {exc}; check --redis-url"

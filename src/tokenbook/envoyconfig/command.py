@@ -82,6 +82,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="fail responses when the meter is unreachable (not recommended; default: fail open)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=_DEFAULTS.workers,
+        metavar="N",
+        help="`tokenbook serve --workers N`: one ext_proc endpoint per worker, at the "
+        "--tokenbook port + 0..N-1 (default 1)",
+    )
+    p.add_argument(
         "--snippet",
         action="store_true",
         help="print only the two ext_proc filters and the tokenbook_extproc cluster, "
@@ -109,6 +117,7 @@ def options_from_args(ns: argparse.Namespace) -> EnvoyConfigOptions:
         upstreams=upstreams,
         gate_failure_mode_allow=bool(getattr(ns, "gate_fail_open", False)),
         meter_failure_mode_allow=not getattr(ns, "meter_fail_closed", False),
+        workers=getattr(ns, "workers", _DEFAULTS.workers),
     )
 
 
@@ -127,6 +136,8 @@ def command_line(ns: argparse.Namespace) -> str:
         args.append("--gate-fail-open")
     if getattr(ns, "meter_fail_closed", False):
         args.append("--meter-fail-closed")
+    if getattr(ns, "workers", _DEFAULTS.workers) != _DEFAULTS.workers:
+        args += ["--workers", str(ns.workers)]
     if ns.snippet:
         args.append("--snippet")
     return shlex.join(args)

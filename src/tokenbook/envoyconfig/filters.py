@@ -166,6 +166,10 @@ def extproc_cluster(endpoints: list[HostPort | PipePath]) -> Json:
     }
     if not static:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if len(endpoints) > 1:
+        # `serve --workers N`: one endpoint per worker. Streams differ in length (a gate call
+        # vs. a minutes-long meter stream), so balance open streams, not stream counts.
+        cluster["lb_policy"] = "LEAST_REQUEST"
     cluster.update(
         {
             "typed_extension_protocol_options": {

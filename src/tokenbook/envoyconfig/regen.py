@@ -19,6 +19,9 @@ from tokenbook.envoyconfig.command import configure_parser, render_text, write_a
 ENVOY_DIR = Path(__file__).resolve().parents[3] / "envoy"
 NOTE = "shipped file: regenerate with `make envoy-configs`; do not edit by hand"
 
+# In a container Envoy listens on every interface and finds tokenbook by its compose service name.
+_COMPOSE = ("--listen", "0.0.0.0:10000", "--tokenbook", "tokenbook:50051")
+
 SHIPPED: dict[str, tuple[str, ...]] = {
     # A standalone gateway in front of the public provider endpoints.
     "gateway.yaml": (),
@@ -26,6 +29,10 @@ SHIPPED: dict[str, tuple[str, ...]] = {
     "local.yaml": ("--upstream", "*=http://127.0.0.1:8080"),
     # The two ext_proc filters and their cluster, for an existing Envoy.
     "snippet.yaml": ("--snippet",),
+    # docker-compose.yaml: tokenbook by its service name, the public provider endpoints.
+    "compose.yaml": _COMPOSE,
+    # docker-compose.yaml's demo profile: every provider to the fake-provider service.
+    "compose-demo.yaml": (*_COMPOSE, "--upstream", "*=http://fake-provider:8080"),
 }
 
 

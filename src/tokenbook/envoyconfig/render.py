@@ -17,6 +17,8 @@ import yaml
 from tokenbook.envoyconfig.addresses import (
     EVERY_PROVIDER,
     PROVIDER_ID_RE,
+    HostPort,
+    PipePath,
     parse_listen_address,
     parse_tokenbook_address,
     parse_upstream_url,
@@ -75,12 +77,21 @@ class EnvoyConfigOptions:
     gate_failure_mode_allow: bool = False  # gate fails closed by default
     meter_failure_mode_allow: bool = True  # meter fails open
     message_timeout_ms: int = 1000
+    workers: int = 1  # `tokenbook serve --workers N`: endpoints at the --tokenbook port + 0..N-1
 
     def __post_init__(self) -> None:
         parse_listen_address(self.listen)
         parse_tokenbook_address(self.tokenbook)
         if not 0 <= self.admin_port <= 65535:
             raise ValueError(f"--admin-port: {self.admin_port} is outside 0-65535")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"--workers: {self.workers} is outside 1-64")
+        if self.workers > 1:
+            address = parse_tokenbook_address(self.tokenbook)
+            if not isinstance(address, HostPort):
+                raise ValueError("--workers needs a HOST:PORT --tokenbook address, not a socket")
+            if address.port + self.workers - 1 > 65535:
+                raise ValueError(f"--workers: port {address.port} + {self.workers} exceeds 65535")
         if not 1 <= self.message_timeout_ms <= 3_600_000:
             raise ValueError(f"message timeout {self.message_timeout_ms} ms is outside 1-3600000")
         for provider, url in self.upstreams.items():
@@ -89,6 +100,14 @@ class EnvoyConfigOptions:
                     f"--upstream: provider id {provider!r} must match [a-z][a-z0-9_]* (or be '*')"
                 )
             parse_upstream_url(url, f"--upstream {provider}")
+
+
+def extproc_endpoints(opts: EnvoyConfigOptions) -> list[HostPort | PipePath]:
+    """`tokenbook serve`'s address, or one per worker (``--workers N``: port + index)."""
+    address = parse_tokenbook_address(opts.tokenbook)
+    if opts.workers == 1 or not isinstance(address, HostPort):
+        return [address]
+    return [HostPort(address.host, address.port + i) for i in range(opts.workers)]
 
 
 def _http_filters(opts: EnvoyConfigOptions) -> list[Json]:
@@ -189,7 +208,7 @@ def render_bootstrap(opts: EnvoyConfigOptions) -> dict[str, object]:
     """A complete Envoy bootstrap: gateway listener, provider routes, ext_proc, admin."""
     listen = parse_listen_address(opts.listen)
     routes = resolve_routes(opts.upstreams)
-    clusters = [extproc_cluster([parse_tokenbook_address(opts.tokenbook)])]
+    clusters = [extproc_cluster(extproc_endpoints(opts))]
     clusters += [provider_cluster(r) for r in routes if r.upstream is not None]
     return {
         "node": {"id": "tokenbook-gateway", "cluster": "tokenbook"},
@@ -236,7 +255,7 @@ def render_snippet(opts: EnvoyConfigOptions) -> dict[str, object]:
     """The parts to paste into an existing Envoy: the two filters and the ext_proc cluster."""
     return {
         "http_filters": _http_filters(opts),
-        "clusters": [extproc_cluster([parse_tokenbook_address(opts.tokenbook)])],
+        "clusters": [extproc_cluster(extproc_endpoints(opts))],
     }
 
 

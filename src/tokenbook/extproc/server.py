@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,6 +14,30 @@ from tokenbook.extproc.streams import Processors
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ADMIN_SERVICE = "tokenbook.v1.KeyRegistry"
+TRANSPORTS = ("grpcio", "h2")
+
+
+class ExtProcServer(Protocol):
+    """What the app drives; `GrpcServer` and `h2_transport.H2Server` both are one."""
+
+    port: int
+    admin_enabled: bool
+
+    async def start(self) -> None: ...
+    async def set_serving(self, serving: bool) -> None: ...
+    async def stop(self, grace_s: float) -> None: ...
+    async def wait(self) -> None: ...
+
+
+def make_server(
+    transport: str, listen: str, processors: Processors, admin: KeyRegistryService | None
+) -> ExtProcServer:
+    """`grpcio` (grpc.aio, the reference) or `h2` (tokenbook's own HTTP/2 transport)."""
+    if transport == "h2":
+        from tokenbook.extproc.h2_transport import H2Server
+
+        return H2Server(listen, processors, admin)
+    return GrpcServer(listen, processors, admin)
 
 
 class GrpcServer:

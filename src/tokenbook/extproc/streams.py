@@ -88,9 +88,9 @@ class GateStream:
             p.metrics.extproc_errors.labels(role="gate", kind="exception").inc()
             log.exception("gate failed; Envoy applies its failure_mode_allow")
             raise
-        p.metrics.gate_decisions.labels(
-            provider=p.metrics.guard("provider", provider or "unknown"),
-            decision=decision.decision,
+        m = p.metrics
+        m.child(
+            m.gate_decisions, m.guard("provider", provider or "unknown"), decision.decision
         ).inc()
         if not isinstance(decision, Admit):
             p.booker.book_denied(provider or "unknown", {}, "unknown")

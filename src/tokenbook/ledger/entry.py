@@ -16,6 +16,8 @@ cannot make two requests collapse into one booking), else the request id alone.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +49,10 @@ RECORD_FIELDS: tuple[str, ...] = (
 
 
 def booking_id(request_id: str, admission_id: str) -> str:
-    return f"{request_id}.{admission_id}" if admission_id else request_id
+    if admission_id:
+        return f"{request_id}.{admission_id}"
+    # Without either id nothing can be deduplicated; never let such bookings collapse into one.
+    return request_id or f"anonymous.{os.urandom(8).hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +202,8 @@ def usage_record(fields: Mapping[Any, Any]) -> dict[str, object]:
                 continue
     out["tokens"] = tokens
     if f.get("cost_usd"):
-        try:
+        with contextlib.suppress(ValueError):
             out["cost_usd"] = float(f["cost_usd"])
-        except ValueError:
-            pass
     out["outcome"] = f.get("outcome", "")
     out["source"] = f.get("source", "")
     return out

@@ -6,8 +6,8 @@
                                                 period end + 40 days (daily) / 400 days (monthly)
     <p>reserved:<scope>:<id>:<period>  string  micro-dollars held by admitted, unsettled requests
     <p>hold:<booking_id>               hash    one request's reservation: reserved key -> amount
-    <p>holds                           zset    booking ids with a hold, scored by when the hold
-                                                expires (the safety net for a gate replica that died)
+    <p>holds                           zset    booking ids with a hold, scored by when it expires
+                                                (the safety net for a gate replica that died)
     <p>booked:<booking_id>             string  idempotency marker, ``b`` booked / ``u`` unbooked,
                                                 EX ``ledger_idempotency_ttl_s`` (default 1 day)
     <p>ledger                          stream  one entry per booked request (XADD MAXLEN ~)

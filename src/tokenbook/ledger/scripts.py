@@ -51,33 +51,46 @@ return result
 """
 
 # KEYS[1] hold  KEYS[2] holds zset  then per budget slot i: KEYS[1+2i] spend, KEYS[2+2i] reserved
-# ARGV[1] amount (micro)  ARGV[2] hold deadline (ms, the zset score)  ARGV[3] hold TTL (s)
-# ARGV[4] booking id  ARGV[5] n  ARGV[6..5+n] limits (micro)  ARGV[6+n..5+2n] EXPIREAT of the
-# reserved counters.
-# Admission rule per slot: refuse when spent + held >= limit, or when other requests hold
-# reservations and spent + held + amount > limit. (With nothing in flight one request is let
-# through even if its estimate exceeds what is left: otherwise an estimate above the remaining
-# budget would lock the budget until the period resets.)
+# ARGV[1] estimate (micro)  ARGV[2] floor (micro, the least a request reserves)
+# ARGV[3] hold deadline (ms, the zset score)  ARGV[4] hold TTL (s)  ARGV[5] booking id
+# ARGV[6] n  ARGV[7..6+n] limits (micro)  ARGV[7+n..6+2n] EXPIREAT of the reserved counters
+# Admission rule: the reservation r (the estimate) must fit in every slot:
+# spent + held + r <= limit. When it does not fit a slot where nothing is in flight (held == 0),
+# the floor is reserved instead if that fits: an estimate learnt from one expensive request must
+# not lock a budget until the period resets. So at every admission spent + held + r <= limit.
 # Returns {0} reserved in every slot, or {i, spent, held} for the first slot that refuses.
 RESERVE = """
 local amount = tonumber(ARGV[1])
-local n = tonumber(ARGV[5])
+local floor = tonumber(ARGV[2])
+local n = tonumber(ARGV[6])
+local spent = {}
+local held = {}
 for i = 1, n do
-  local spent = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
-  local held = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
-  local limit = tonumber(ARGV[5 + i])
-  if spent + held >= limit or (held > 0 and spent + held + amount > limit) then
-    return {i, spent, held}
+  spent[i] = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
+  held[i] = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
+  if spent[i] + held[i] + amount > tonumber(ARGV[6 + i]) then
+    if held[i] > 0 or spent[i] + floor > tonumber(ARGV[6 + i]) then
+      return {i, spent[i], held[i]}
+    end
+    amount = floor
+  end
+end
+if amount < tonumber(ARGV[1]) then
+  -- fell back to the floor: every slot must take it (it fits wherever the estimate did)
+  for i = 1, n do
+    if spent[i] + held[i] + amount > tonumber(ARGV[6 + i]) then
+      return {i, spent[i], held[i]}
+    end
   end
 end
 if amount > 0 then
   for i = 1, n do
-    redis.call('INCRBY', KEYS[2 + 2 * i], ARGV[1])
-    redis.call('EXPIREAT', KEYS[2 + 2 * i], ARGV[5 + n + i])
-    redis.call('HSET', KEYS[1], KEYS[2 + 2 * i], ARGV[1])
+    redis.call('INCRBY', KEYS[2 + 2 * i], amount)
+    redis.call('EXPIREAT', KEYS[2 + 2 * i], ARGV[6 + n + i])
+    redis.call('HSET', KEYS[1], KEYS[2 + 2 * i], amount)
   end
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
 end
 return {0}
 """

@@ -125,7 +125,7 @@ class Spool:
         return total
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
         """Bytes of spool files in the directory (this process's and any left by others)."""
         return self._scan() if self._bytes is None else self._bytes
 
@@ -139,7 +139,9 @@ class Spool:
             path = self.directory / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
-            raise SpoolError(exc.errno, f"cannot create a spool file in {self.directory}: {exc}")
+            raise SpoolError(
+                exc.errno, f"cannot create a spool file in {self.directory}: {exc}"
+            ) from exc
         # A fresh name: nobody else holds it, the lock only keeps replayers away.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._active = _Active(path, fd)
@@ -153,7 +155,7 @@ class Spool:
         """
         if not lines:
             return 0
-        used = self.bytes
+        used = self.size
         kept: list[bytes] = []
         for line in lines:
             if used + len(line) > self.max_bytes:
@@ -185,8 +187,7 @@ class Spool:
         if self._fsync_entries and self._unsynced >= self._fsync_entries:
             return True
         return bool(
-            self._fsync_interval
-            and self._clock() - self._first_unsynced_at >= self._fsync_interval
+            self._fsync_interval and self._clock() - self._first_unsynced_at >= self._fsync_interval
         )
 
     async def sync(self) -> None:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 OVERFLOW_VALUE = "other"
+_M = TypeVar("_M", bound=MetricWrapperBase)
 _LABEL_VALUE_MAX = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 
@@ -42,21 +45,30 @@ class LabelGuard:
         self.name = name
         self.limit = limit
         self._seen: set[str] = set()
+        # raw value -> its accepted, sanitised value: the hot path books the same few values
+        # over and over, and the regex in `sanitise` is most of a guard's cost. Only accepted
+        # values are remembered (an overflow must be counted every time), and only so many:
+        # distinct raw spellings of one accepted value are unbounded.
+        self._memo: dict[str, str] = {}
+        self._memo_max = 4 * limit + 64
         self._overflow = overflow.labels(label=name)
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
-        value = sanitise(value)
-        if value in self._seen:
-            return value
-        with self._lock:
-            if value in self._seen:
-                return value
-            if len(self._seen) >= self.limit:
-                self._overflow.inc()
-                return OVERFLOW_VALUE
-            self._seen.add(value)
-            return value
+        hit = self._memo.get(value)
+        if hit is not None:
+            return hit
+        raw, value = value, sanitise(value)
+        if value not in self._seen:
+            with self._lock:
+                if value not in self._seen:
+                    if len(self._seen) >= self.limit:
+                        self._overflow.inc()
+                        return OVERFLOW_VALUE
+                    self._seen.add(value)
+        if len(self._memo) < self._memo_max:
+            self._memo[raw] = value
+        return value
 
 
 class Metrics:
@@ -142,6 +154,9 @@ class Metrics:
             "ext_proc gRPC streams open now, by filter role.",
             ["role"],
             registry=registry,
+            # `serve --workers N` (multiprocess files): the sum over live workers; ignored
+            # by a single process, as on the gauges below.
+            multiprocess_mode="livesum",
         )
         self.extproc_errors = Counter(
             "tokenbook_extproc_errors",
@@ -155,12 +170,62 @@ class Metrics:
             ["provider", "decision"],
             registry=registry,
         )
-        self.registry_up = Gauge(
-            "tokenbook_registry_up",
-            "1 when the key registry (Redis) answered the last lookup.",
+        # budgets and the ledger (tokenbook/ledger/); `id` values are budgets an admin set
+        self.budget_denied = Counter(
+            "tokenbook_budget_denied",
+            "Requests refused because a budget is used up, by the budget that refused.",
+            ["scope", "id"],
             registry=registry,
         )
+        self.budget_checks_skipped = Counter(
+            "tokenbook_budget_checks_skipped",
+            "Requests admitted without a budget check (Redis unreachable), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.budget_holds_expired = Counter(
+            "tokenbook_budget_holds_expired",
+            "Budget reservations released because their request was never booked.",
+            registry=registry,
+        )
+        self.ledger_writes = Counter(
+            "tokenbook_ledger_writes",
+            "Bookings by result: written, duplicate (already booked), late (after an"
+            " unbooked verdict), spooled (Redis unreachable).",
+            ["result"],
+            registry=registry,
+        )
+        self.ledger_replayed = Counter(
+            "tokenbook_ledger_replayed",
+            "Spooled bookings applied to Redis after an outage.",
+            registry=registry,
+        )
+        self.ledger_dropped = Counter(
+            "tokenbook_ledger_dropped",
+            "Bookings or admission records that could not be kept, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.ledger_degraded = Gauge(
+            "tokenbook_ledger_degraded",
+            "1 while Redis is unreachable and bookings go to the local spool.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.ledger_spool_bytes = Gauge(
+            "tokenbook_ledger_spool_bytes",
+            "Bytes of spooled bookings waiting for replay.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_pending = Gauge(
+            "tokenbook_ledger_pending_admissions",
+            "Admitted requests this replica is waiting to see booked.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
 
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         limits = dict(label_limits or {})
         self.guards: dict[str, LabelGuard] = {
             name: LabelGuard(name, limits.get(name, 1000), self.label_overflow)
@@ -172,23 +237,75 @@ class Metrics:
         g = self.guards.get(label)
         return g(value) if g is not None else sanitise(value)
 
+    def child(self, metric: _M, *values: str) -> _M:
+        """``metric.labels(*values)``, cached per label tuple (values in labelnames order).
+
+        ``labels()`` validates and copies its arguments on every call (~10 µs, measured: most
+        of a booking); the hot path asks for the same children again and again. The cache
+        holds one entry per series that exists anyway (label values are guarded).
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return cast(_M, found)
+
 
 class RegistryCacheCollector(Collector):
-    """Exports the key resolver's own cumulative counters at scrape time.
+    """Exports the key resolver's own state at scrape time.
 
     The resolver counts hits and misses in plain ints on the hot path (no metric call per
-    lookup); this collector reads them when Prometheus scrapes.
+    lookup); this collector reads them when Prometheus scrapes:
+
+    - ``tokenbook_registry_lookups_total{result}``: hits, misses, negative_hits, errors, ...
+    - ``tokenbook_registry_cache_entries`` / ``tokenbook_registry_lookups_inflight`` (gauges)
+    - ``tokenbook_registry_up``: 1 while the resolver's Redis subscription (revocation events)
+      is live, 0 while Redis is unreachable (cached keys still work, see the failure policy).
     """
 
-    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+    _GAUGES: Mapping[str, tuple[str, str]] = {
+        "entries": ("tokenbook_registry_cache_entries", "Keys in the local key cache."),
+        "inflight": ("tokenbook_registry_lookups_inflight", "Registry lookups in flight."),
+    }
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]], up: Callable[[], bool]) -> None:
         self._stats = stats
+        self._up = up
 
     def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
         family = CounterMetricFamily(
             "tokenbook_registry_lookups",
             "Key resolver lookups and cache events (hits, misses, negative_hits, errors, ...).",
             labels=["result"],
         )
-        for name, value in sorted(self._stats().items()):
-            family.add_metric([name], value)
+        for name, value in sorted(stats.items()):
+            if name not in self._GAUGES:
+                family.add_metric([name], value)
+        yield family
+        for key, (metric, doc) in self._GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(metric, doc, value=stats[key])
+        yield GaugeMetricFamily(
+            "tokenbook_registry_up",
+            "1 while the key registry (Redis) subscription is live, else 0.",
+            value=1.0 if self._up() else 0.0,
+        )
+
+
+class BudgetRemainingCollector(Collector):
+    """``tokenbook_budget_remaining_usd{scope,id,period}`` at scrape time, from the ledger's
+    last snapshot (refreshed every few seconds; negative when a budget was overrun)."""
+
+    def __init__(self, rows: Callable[[], Sequence[tuple[str, str, str, float]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tokenbook_budget_remaining_usd",
+            "What is left of a budget in its current period, in US dollars.",
+            labels=["scope", "id", "period"],
+        )
+        for scope, ident, period, remaining in self._rows():
+            family.add_metric([scope, sanitise(ident), period], remaining)
         yield family

@@ -133,6 +133,9 @@ class Stack:
     admin_token: str = "test-admin-token"
     serve_args: Sequence[str] = ()
     serve_env: Mapping[str, str] = field(default_factory=dict)
+    # Keep Redis's data across stop_redis()/start_redis() (append-only file, flushed on
+    # SIGTERM), for outage tests: a real Redis comes back with its keys.
+    redis_persistence: bool = False
     envoy_config_args: Sequence[str] = ()  # extra `tokenbook envoy-config` flags
     redis_port: int = 0
     grpc_port: int = 0
@@ -186,7 +189,7 @@ class Stack:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.redis_persistence else "no",
             ],
             self.workdir,
         ).start()
@@ -220,7 +223,12 @@ class Stack:
                 *self.serve_args,
             ],
             self.workdir,
-            env={"TOKENBOOK_ADMIN_TOKEN": self.admin_token, **self.serve_env},
+            env={
+                "TOKENBOOK_ADMIN_TOKEN": self.admin_token,
+                # The ledger's outage spool lives with the stack, not in the caller's cwd.
+                "TOKENBOOK_LEDGER_SPOOL_DIR": str(self.workdir / "spool"),
+                **self.serve_env,
+            },
         ).start()
         self.tokenbook.wait_ready(lambda: serving(f"127.0.0.1:{self.grpc_port}"), 30)
 

@@ -17,8 +17,8 @@ Flow control (§5.2, §6.9), both ways:
   `max_pending_output` bytes waiting on a peer that does not open its windows is a connection
   error (ENHANCE_YOUR_CALM): it bounds what a peer that never reads can make us buffer.
 
-Errors: a violation of the protocol becomes GOAWAY (`ConnectionError_`) or RST_STREAM
-(`StreamError`); `receive` never raises. After a connection error `closed` is True and the caller
+Errors: a violation of the protocol becomes GOAWAY (`H2ConnectionError`) or RST_STREAM
+(`H2StreamError`); `receive` never raises. After a connection error `closed` is True and the caller
 writes what is left and closes the socket.
 """
 
@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tokenbook.extproc.h2 import frames as f
 from tokenbook.extproc.h2.frames import (
-    ConnectionError_,
     ErrorCode,
     FrameType,
+    H2ConnectionError,
+    H2StreamError,
     Setting,
-    StreamError,
 )
 from tokenbook.extproc.h2.headers import HeaderDecoder, HeaderEncoder, HeaderList
 
@@ -87,7 +87,7 @@ class Stream:
         self.pending_end = False
         self.pending_trailers: bytes | None = None
         self.finishing = False  # reset the peer's half (NO_ERROR) once our response is out
-        self.app: object = None
+        self.app: Any = None  # the call object of the layer above
 
 
 class H2Events(Protocol):
@@ -143,8 +143,8 @@ class ServerConnection:
         self.goaway_sent: int | None = None  # last stream id we promised to process
         self.goaway_received: int | None = None
         self.closed = False
-        self.error: ConnectionError_ | None = None
-        self._overflow: ConnectionError_ | None = None
+        self.error: H2ConnectionError | None = None
+        self._overflow: H2ConnectionError | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -178,7 +178,9 @@ class ServerConnection:
         self._out.clear()
         return out
 
-    def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, last_stream_id: int | None = None) -> None:
+    def goaway(
+        self, code: ErrorCode = ErrorCode.NO_ERROR, last_stream_id: int | None = None
+    ) -> None:
         """Tell the peer to open no more streams; those above `last_stream_id` are refused."""
         last = self.highest_stream_id if last_stream_id is None else last_stream_id
         self.goaway_sent = last
@@ -202,7 +204,7 @@ class ServerConnection:
     # -- receiving ------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        if self.closed:
+        if self._halted():
             return
         if self._buf:
             data = self._buf + data
@@ -213,11 +215,11 @@ class ServerConnection:
             if not self._preface:
                 if end < len(f.PREFACE):
                     if not f.PREFACE.startswith(data):
-                        raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                        raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
                     self._buf = data
                     return
                 if not data.startswith(f.PREFACE):
-                    raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                    raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
                 self._preface = True
                 pos = len(f.PREFACE)
             max_frame = self.config.max_frame_size
@@ -225,7 +227,7 @@ class ServerConnection:
                 hi, lo, ftype, flags, sid = _unpack_header(data, pos)
                 length = (hi << 16) | lo
                 if length > max_frame:
-                    raise ConnectionError_(
+                    raise H2ConnectionError(
                         ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes > {max_frame}"
                     )
                 if end - pos - 9 < length:
@@ -234,16 +236,20 @@ class ServerConnection:
                 pos = start + length
                 try:
                     self._frame(ftype, flags, sid & 0x7FFFFFFF, data[start:pos])
-                except StreamError as exc:
+                except H2StreamError as exc:
                     self.reset(exc.stream_id, exc.code)
                 if self.closed:
                     return
             if pos < end:
                 self._buf = data[pos:]
-        except ConnectionError_ as exc:
+        except H2ConnectionError as exc:
             self._connection_error(exc)
 
-    def _connection_error(self, exc: ConnectionError_) -> None:
+    def _halted(self) -> bool:
+        # A method, not `if self.closed` twice: mypy would take the second check as unreachable.
+        return self.closed
+
+    def _connection_error(self, exc: H2ConnectionError) -> None:
         self.error = exc
         self._out.append(f.goaway(self.highest_stream_id, exc.code, exc.message.encode()[:256]))
         self.goaway_sent = self.highest_stream_id
@@ -253,10 +259,10 @@ class ServerConnection:
 
     def _frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self._continuation is not None and ftype != _CONTINUATION:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
         if not self._got_settings:
             if ftype != FrameType.SETTINGS or flags & f.ACK:
-                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "the preface must be SETTINGS")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "the preface must be SETTINGS")
             self._got_settings = True
         if ftype == _DATA:
             self._on_data(flags, sid, payload)
@@ -274,26 +280,26 @@ class ServerConnection:
             self._on_goaway(sid, payload)
         elif ftype == FrameType.PRIORITY:
             if sid == 0:
-                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
-                raise StreamError(sid, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY length")
+                raise H2StreamError(sid, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY length")
         elif ftype == _CONTINUATION:
             self._on_continuation(flags, sid, payload)
         elif ftype == FrameType.PUSH_PROMISE:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "a client cannot push")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "a client cannot push")
         # Unknown frame types are ignored (§4.1, §5.5).
 
     def _closed_or_idle(self, sid: int, what: str) -> None:
         """A frame for a stream we do not have: fine if it was closed, an error if idle."""
         if sid > self.highest_stream_id:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"{what} on idle stream {sid}")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, f"{what} on idle stream {sid}")
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         flow_len = len(payload)
         if flow_len > self.recv_window:
-            raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
+            raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
         self.recv_window -= flow_len
         stream = self.streams.get(sid)
         if stream is None:
@@ -302,10 +308,10 @@ class ServerConnection:
             return
         if stream.remote_closed:
             self.consumed(None, flow_len)
-            raise StreamError(sid, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
+            raise H2StreamError(sid, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
         if flow_len > stream.recv_window:
             self.consumed(None, flow_len)
-            raise StreamError(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
+            raise H2StreamError(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
         stream.recv_window -= flow_len
         data = f.strip_padding(sid, flags, payload) if flags & f.PADDED else payload
         padding = flow_len - len(data)
@@ -320,12 +326,12 @@ class ServerConnection:
 
     def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         block = f.strip_padding(sid, flags, payload) if flags & f.PADDED else payload
         self_dependent = False
         if flags & f.PRIORITY_FLAG:
             if len(block) < 5:
-                raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority fields")
+                raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority fields")
             # An error for the stream (§5.3.1), raised once the block is decoded.
             self_dependent = int.from_bytes(block[:4], "big") & 0x7FFFFFFF == sid
             block = block[5:]
@@ -337,12 +343,12 @@ class ServerConnection:
     def _on_continuation(self, flags: int, sid: int, payload: bytes) -> None:
         cont = self._continuation
         if cont is None or cont[0] != sid:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
         _, first_flags, parts, size, self_dependent = cont
         size += len(payload)
         if size > self._max_block:
             # It cannot be skipped (HPACK state) and is not worth decoding.
-            raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, f"header block of {size} bytes")
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, f"header block of {size} bytes")
         parts.append(payload)
         if flags & f.END_HEADERS:
             self._continuation = None
@@ -356,13 +362,13 @@ class ServerConnection:
         if stream is not None:
             headers, size, bad = self._decoder.decode_trailers(block)
             if self_dependent:
-                raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
+                raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
             if stream.remote_closed:
-                raise StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS after END_STREAM")
+                raise H2StreamError(sid, ErrorCode.STREAM_CLOSED, "HEADERS after END_STREAM")
             if not end_stream:
-                raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
+                raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
             if bad is not None or size > self.config.max_header_list_size:
-                raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, bad or "trailers too large")
+                raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, bad or "trailers too large")
             stream.remote_closed = True
             self._events.on_trailers(stream, headers)
             if stream.local_closed:
@@ -374,17 +380,17 @@ class ServerConnection:
             self._decoder.decode_and_discard(block)
             return
         if sid % 2 == 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"even stream id {sid} from a client")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, f"even stream id {sid} from a client")
         self.highest_stream_id = sid
         headers, size, bad = self._decoder.decode_request(block)
         if self_dependent:
-            raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
+            raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
         if self.goaway_sent is not None and sid > self.goaway_sent:
-            raise StreamError(sid, ErrorCode.REFUSED_STREAM, "the server is going away")
+            raise H2StreamError(sid, ErrorCode.REFUSED_STREAM, "the server is going away")
         if len(self.streams) >= self.config.max_concurrent_streams:
-            raise StreamError(sid, ErrorCode.REFUSED_STREAM, "too many concurrent streams")
+            raise H2StreamError(sid, ErrorCode.REFUSED_STREAM, "too many concurrent streams")
         if bad is not None:
-            raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, bad)
+            raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, bad)
         stream = Stream(sid, self.peer_initial_window, self.config.initial_window_size)
         stream.remote_closed = end_stream
         self.streams[sid] = stream
@@ -393,14 +399,14 @@ class ServerConnection:
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if sid == 0:
             if increment == 0:
-                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self.send_window += increment
             if self.send_window > f.MAX_WINDOW:
-                raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "connection window > 2^31-1")
+                raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "connection window > 2^31-1")
             self._flush_blocked(list(self._blocked.values()))
             return
         stream = self.streams.get(sid)
@@ -408,18 +414,18 @@ class ServerConnection:
             self._closed_or_idle(sid, "WINDOW_UPDATE")
             return
         if increment == 0:
-            raise StreamError(sid, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            raise H2StreamError(sid, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
         stream.send_window += increment
         if stream.send_window > f.MAX_WINDOW:
-            raise StreamError(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window > 2^31-1")
+            raise H2StreamError(sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window > 2^31-1")
         if stream.pending is not None or stream.pending_trailers is not None:
             self._flush_blocked([stream])
 
     def _on_rst_stream(self, sid: int, payload: bytes) -> None:
         if sid == 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
-            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM length")
         stream = self.streams.pop(sid, None)
         if stream is None:
             self._closed_or_idle(sid, "RST_STREAM")
@@ -434,37 +440,37 @@ class ServerConnection:
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid != 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & f.ACK:
             if payload:
-                raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             if self._settings_unacked:
                 self._settings_unacked -= 1
                 self._decoder.settings_acknowledged()
             return
         if len(payload) % 6:
-            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length")
         grown = False
         for ident, value in f.parse_settings(payload):
             if ident == Setting.INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
-                    raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "initial window > 2^31-1")
+                    raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "initial window > 2^31-1")
                 delta = value - self.peer_initial_window
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
                     if stream.send_window > f.MAX_WINDOW:
-                        raise ConnectionError_(
+                        raise H2ConnectionError(
                             ErrorCode.FLOW_CONTROL_ERROR, "a stream window > 2^31-1"
                         )
                 grown = grown or delta > 0
             elif ident == Setting.MAX_FRAME_SIZE:
                 if not f.MIN_MAX_FRAME_SIZE <= value <= f.MAX_MAX_FRAME_SIZE:
-                    raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
+                    raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
                 self.peer_max_frame_size = value
             elif ident == Setting.ENABLE_PUSH:
                 if value > 1:
-                    raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
+                    raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
             elif ident == Setting.HEADER_TABLE_SIZE:
                 self._table_update = True
             # MAX_CONCURRENT_STREAMS limits pushes (we make none); MAX_HEADER_LIST_SIZE is
@@ -475,9 +481,9 @@ class ServerConnection:
 
     def _on_ping(self, flags: int, sid: int, payload: bytes) -> None:
         if sid != 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
         if len(payload) != 8:
-            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "PING length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING length")
         if flags & f.ACK:
             self._events.on_ping_ack(payload)
         else:
@@ -485,9 +491,9 @@ class ServerConnection:
 
     def _on_goaway(self, sid: int, payload: bytes) -> None:
         if sid != 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
-            raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY length")
         last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
         code = int.from_bytes(payload[4:8], "big")
         self.goaway_received = last
@@ -520,7 +526,9 @@ class ServerConnection:
             block = b"\x20" + block  # dynamic table size update: 0 (RFC 7541 §6.3)
         return block
 
-    def send_headers(self, stream: Stream, headers: HeaderList, *, end_stream: bool = False) -> None:
+    def send_headers(
+        self, stream: Stream, headers: HeaderList, *, end_stream: bool = False
+    ) -> None:
         """Response headers, or trailers with `end_stream` (queued behind pending DATA)."""
         if stream.local_closed or stream.stream_id not in self.streams:
             return
@@ -570,7 +578,7 @@ class ServerConnection:
     def _grow_pending(self, n: int) -> None:
         self.pending_output += n
         if self.pending_output > self.config.max_pending_output and self._overflow is None:
-            self._overflow = ConnectionError_(
+            self._overflow = H2ConnectionError(
                 ErrorCode.ENHANCE_YOUR_CALM,
                 f"more than {self.config.max_pending_output} bytes wait for flow-control window",
             )

@@ -3,8 +3,8 @@
 Error tree (who raises what, and what the peer sees)::
 
     H2Error
-     ├── ConnectionError_   a connection error (§5.4.1): GOAWAY with `code`, then close
-     └── StreamError        a stream error (§5.4.2): RST_STREAM with `code`, the connection lives
+     ├── H2ConnectionError   a connection error (§5.4.1): GOAWAY with `code`, then close
+     └── H2StreamError        a stream error (§5.4.2): RST_STREAM with `code`, the connection lives
 
 Both carry an RFC 9113 error code (`ErrorCode`). Only `connection.ServerConnection` raises them,
 and it catches them itself: nothing escapes `ServerConnection.receive` (the fuzz tests hold it to
@@ -80,11 +80,11 @@ class H2Error(Exception):
         self.message = message
 
 
-class ConnectionError_(H2Error):  # noqa: N801 - trailing underscore: not the builtin
+class H2ConnectionError(H2Error):
     """The whole connection is unusable (GOAWAY)."""
 
 
-class StreamError(H2Error):
+class H2StreamError(H2Error):
     """One stream is unusable (RST_STREAM); `stream_id` says which."""
 
     def __init__(self, stream_id: int, code: ErrorCode, message: str) -> None:
@@ -159,10 +159,10 @@ def strip_padding(stream_id: int, flags: int, payload: bytes) -> bytes:
     if not flags & PADDED:
         return payload
     if not payload:
-        raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "padded frame without a pad length")
+        raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "padded frame without a pad length")
     pad = payload[0]
     if pad >= len(payload):
-        raise ConnectionError_(
+        raise H2ConnectionError(
             ErrorCode.PROTOCOL_ERROR, f"stream {stream_id}: padding longer than the frame"
         )
     return payload[1 : len(payload) - pad]

@@ -59,9 +59,7 @@ def _percent_encode(text: str) -> bytes:
     raw = text.encode("utf-8")
     if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
         return raw
-    return b"".join(
-        bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw
-    )
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
 
 
 def trailers(status: Status, message: str = "", *, trailers_only: bool) -> HeaderList:

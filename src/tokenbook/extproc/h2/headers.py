@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import hpack
 
-from tokenbook.extproc.h2.frames import ConnectionError_, ErrorCode
+from tokenbook.extproc.h2.frames import ErrorCode, H2ConnectionError
 
 Header = tuple[bytes, bytes]
 HeaderList = tuple[Header, ...]
@@ -134,11 +134,13 @@ class HeaderDecoder:
         try:
             decoded = self._decoder.decode(block, raw=True)
         except hpack.OversizedHeaderListError as exc:
-            raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, str(exc)) from None
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, str(exc)) from None
         except hpack.HPACKError as exc:
-            raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, str(exc)) from None
+            raise H2ConnectionError(ErrorCode.COMPRESSION_ERROR, str(exc)) from None
         except (IndexError, ValueError) as exc:  # defensive: a decoder bug must not escape
-            raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+            raise H2ConnectionError(
+                ErrorCode.COMPRESSION_ERROR, f"bad header block: {exc}"
+            ) from None
         return tuple((bytes(k), bytes(v)) for k, v in decoded)
 
 
