@@ -45,12 +45,17 @@ test-unit: $(STAMP) ## only the fast unit tests
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 check: lint test ## lint + test, and fail on a dirty tree (generated files stale)
+	$(PY) -m tokenbook.envoyconfig.regen --check
 	@git diff --exit-code --stat || { echo "the tree changed while checking: commit or regenerate"; exit 1; }
 
 demo: $(STAMP) system-deps ## run the demo: Redis + tokenbook + Envoy + a fake provider + SDK traffic
 	$(PY) -m tokenbook.demo $(if $(DURATION),--duration $(DURATION),)
 
+bench: $(STAMP) system-deps ## the benchmark: plain Envoy vs no-op ext_proc vs tokenbook (~10 min; prints a table, writes bench/results/latest.json)
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info
 
-.PHONY: help install system-deps protos envoy-configs lint fmt test test-unit check demo clean
+.PHONY: help install system-deps protos envoy-configs lint fmt test test-unit check demo bench clean

@@ -356,6 +356,7 @@ class Side:
     envoy: Any
     gateway_port: int
     metrics_port: int
+    admin_port: int = 0
 
 
 class BenchStack:
@@ -515,7 +516,7 @@ class BenchStack:
                 ],
             )
             gw.wait_ready(lambda a=gw_admin: http_get(f"http://127.0.0.1:{a}/ready")[0] == 200)
-            self.sides.append(Side(setup, tb, gw, gw_port, metrics_port))
+            self.sides.append(Side(setup, tb, gw, gw_port, metrics_port, gw_admin))
         return self
 
     def stop(self) -> None:
@@ -542,6 +543,22 @@ def booked(side: Side) -> float:
         if line.startswith("tokenbook_requests_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+_TROUBLE = ("streams_failed", "failure_mode_allowed", "message_timeouts", "spurious_msgs")
+
+
+def envoy_extproc_trouble(side: Side) -> str:
+    """Non-zero ext_proc failure counters of a gateway (streams failed, timeouts, ...)."""
+    from tokenbook.testing.stack import http_get
+
+    _, body = http_get(f"http://127.0.0.1:{side.admin_port}/stats?filter=ext_proc")
+    found = []
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if any(t in name for t in _TROUBLE) and value.strip().isdigit() and int(value):
+            found.append(f"{name.rsplit('.', 2)[-2]}.{name.rsplit('.', 1)[-1]}={value.strip()}")
+    return ", ".join(found)
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -667,7 +684,7 @@ def measure(
     duration: float = 8.0,
     passes: int = 2,
     profile: bool = False,
-    extra_loads: Sequence[int] = (),
+    extra_loads: Sequence[tuple[str, int]] = (),
 ) -> list[Row]:
     """Run the stack, measure every (pass, workload, transport) round-robin; the rows."""
     rows: list[Row] = []
@@ -683,13 +700,17 @@ def measure(
                         row = run_once(stack, side, wl, connections, duration, work)
                         rows.append(row)
                         _print_row(row)
-            for load in extra_loads:
+            by_name = {w.name: w for w in WORKLOADS}
+            for name, load in extra_loads:
                 for side in [s for s in stack.sides if s.metrics_port]:
-                    row = run_once(stack, side, workloads[0], load, duration, work)
+                    row = run_once(stack, side, by_name[name], load, duration, work)
                     rows.append(row)
                     _print_row(row)
+            print("\nEnvoy's ext_proc trouble counters over the whole run (non-zero only):")
+            for side in stack.sides:
+                print(f"  {side.transport:17} {envoy_extproc_trouble(side) or 'none'}")
             if profile:
-                for side in [s for s in stack.sides if s.transport.startswith("tokenbook-")]:
+                for side in stack.sides:
                     print(f"\n== py-spy of {side.transport} (json workload) ==")
                     print(_profile(stack, side, workloads[0], connections, duration, work))
         except BaseException:
@@ -988,8 +1009,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=2)
     p.add_argument(
         "--loads",
-        default="96",
-        help="extra connection counts for the json workload (overload: are observations lost?)",
+        default="json:96,stream-33:256",
+        help="extra WORKLOAD:CONNECTIONS runs of tokenbook (overload: are observations lost?)",
     )
     p.add_argument("--profile", action="store_true", help="py-spy each transport under load")
     p.add_argument("--frames-only", action="store_true", help="only the frame-layer comparison")
@@ -1014,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=ns.duration,
         passes=ns.passes,
         profile=ns.profile,
-        extra_loads=[int(x) for x in ns.loads.split(",") if x],
+        extra_loads=[(x.split(":")[0], int(x.split(":")[1])) for x in ns.loads.split(",") if x],
     )
     print()
     print(table(rows))

@@ -31,7 +31,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--transport",
         choices=["grpcio", "h2"],
-        help="ext_proc server: grpcio (grpc.aio) or h2 (tokenbook's own, faster; default grpcio)",
+        help="ext_proc server: h2 (tokenbook's own HTTP/2, the default) or grpcio (grpc.aio)",
     )
     p.add_argument(
         "--workers",

@@ -43,6 +43,7 @@ class MeterSession:
         self._clock = clock
         self._started = clock()
         self._first_byte: float | None = None
+        self._last_byte: float | None = None
         self._req: RequestInfo | None = None
         self._attribution: dict[str, str] = {}
         self._status = 0
@@ -87,8 +88,9 @@ class MeterSession:
         if self._adapter is None:
             return
         if chunk:
+            self._last_byte = self._clock()
             if self._first_byte is None:
-                self._first_byte = self._clock()
+                self._first_byte = self._last_byte
             self._adapter.feed(chunk)
         if end_of_stream:
             self._finish(end_of_stream=True)
@@ -107,7 +109,15 @@ class MeterSession:
         except Exception:  # an adapter bug must not lose the request: book it as usage_missing
             log.exception("usage adapter failed for provider %s", self._req.provider)
             extraction = Extraction(reason=Reason.PARSE_ERROR, source=Source.ESTIMATED)
-        now = self._clock()
+        # Envoy 1.40 in observability mode does not forward an end of stream that arrives
+        # on its own, after the last body bytes (a chunked upstream's final empty chunk): the
+        # gRPC stream then just ends, `deferred_close_timeout` later. A body whose final,
+        # provider-reported usage was seen is complete whatever the transport said.
+        complete = end_of_stream or (
+            extraction.reason is Reason.NONE and extraction.source is Source.REPORTED
+        )
+        # Duration ends with the last body byte, not with the (possibly deferred) stream close.
+        now = self._clock() if end_of_stream else (self._last_byte or self._clock())
         model = extraction.model or self._request_model or "unknown"
         self._booker.book(
             Booking(
@@ -116,7 +126,7 @@ class MeterSession:
                 model=model,
                 attribution=self._attribution,
                 extraction=extraction,
-                outcome=outcome_for(self._status, extraction, end_of_stream=end_of_stream),
+                outcome=outcome_for(self._status, extraction, end_of_stream=complete),
                 duration_s=now - self._started,
                 ttft_s=(self._first_byte - self._started) if self._first_byte else None,
                 admission_id=self._admission_id,

@@ -8,7 +8,7 @@ environment passed in, so tests can build settings without touching the process 
 YAML file layout (every key optional)::
 
     listen: 127.0.0.1:50051
-    transport: grpcio            # grpcio (grpc.aio) | h2 (tokenbook's own HTTP/2 transport)
+    transport: h2                 # h2 (tokenbook's own HTTP/2 transport) | grpcio (grpc.aio)
     workers: 1                    # processes, on ports listen..listen+N-1 (tokenbook.workers)
     metrics_listen: 127.0.0.1:9464
     redis_url: redis://127.0.0.1:6379/0
@@ -84,7 +84,7 @@ class CredentialSource:
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
-    transport: str = "grpcio"  # grpcio | h2: which ext_proc server (extproc/server.py)
+    transport: str = "h2"  # h2 | grpcio: which ext_proc server (extproc/server.py)
     workers: int = 1  # worker processes, one port each (tokenbook.workers)
     metrics_listen: str = "127.0.0.1:9464"
     redis_url: str = "redis://127.0.0.1:6379/0"

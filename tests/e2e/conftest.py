@@ -145,6 +145,8 @@ def wait_for_sample(stack: Stack, name: str, **labels: str) -> str:
     while time.monotonic() < deadline:
         text = stack.scrape()
         if sample(text, name, **labels) is not None:
-            return text
+            # Scrape once more: /metrics is served from another thread and can catch a booking
+            # half-way (the tokens already read, the request counter not yet).
+            return stack.scrape()
         time.sleep(0.1)
     raise AssertionError(f"{name}{labels} never appeared in /metrics")

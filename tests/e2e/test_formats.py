@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Mapping
 
 import anthropic
+import openai
 import pytest
 
 from tests.e2e.conftest import issue_key, sample, samples_sum, wait_for_sample
@@ -222,3 +223,33 @@ def test_error_body_books_no_tokens(stack: Stack) -> None:
     labels = {"key_id": issued["key_id"], "provider": "openai"}
     text = wait_for_sample(stack, "tokenbook_requests_total", outcome="upstream_error", **labels)
     assert math.isnan(samples_sum(text, "tokenbook_tokens_total", **labels))
+
+
+def test_stream_whose_end_arrives_late_is_booked_ok(stack: Stack) -> None:
+    """A chunked upstream whose final empty chunk comes after a pause: Envoy 1.40's observability
+    mode forwards no end-of-stream message then; the usage seen makes the booking complete."""
+    issued = issue_key(stack, "olga", "search", "slowpoke", "indexing")
+    client = openai.OpenAI(
+        base_url=f"{stack.gateway}/openai/v1", api_key=issued["key"], max_retries=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-5-nano",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={
+                "x-fake-fixture": "openai/chat/stream_include_usage_reasoning.sse",
+                "x-fake-chunk-bytes": "300",
+                "x-fake-chunk-delay-ms": "100",
+            },
+        )
+    )
+    assert chunks[-1].usage is not None
+    labels = {"key_id": issued["key_id"], "provider": "openai"}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", **labels)
+    assert (
+        sample(text, "tokenbook_tokens_total", token_type="reasoning", source="reported", **labels)
+        == 100
+    )
+    assert sample(text, "tokenbook_requests_total", outcome="aborted", **labels) is None

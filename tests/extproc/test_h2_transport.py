@@ -255,7 +255,7 @@ async def test_handler_status_details_survive_percent_encoding(
 
     async def echo(request: bytes, context: Any) -> bytes:
         meta = dict(context.invocation_metadata())
-        return request + meta["x-who"].encode() + meta["x-blob-bin"]
+        return bytes(request + meta["x-who"].encode() + meta["x-blob-bin"])
 
     server.methods.add_registered_method_handlers(
         "test.Echo",
@@ -609,3 +609,16 @@ async def test_the_real_meter_books_a_reset_stream_as_aborted(redis_url: str) ->
     finally:
         running.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_transport_setting() -> None:
+    from tokenbook.extproc.server import GrpcServer, make_server
+    from tokenbook.settings import SettingsError, load_settings
+
+    assert load_settings({"transport": "h2"}, environ={}).transport == "h2"
+    assert load_settings({}, environ={"TOKENBOOK_TRANSPORT": "h2"}).transport == "h2"
+    with pytest.raises(SettingsError, match="transport"):
+        load_settings({"transport": "grpc.aio"}, environ={})
+    assert isinstance(make_server("h2", "127.0.0.1:0", FakeProcessors(), None), H2Server)  # type: ignore[arg-type]
+    grpc_server = make_server("grpcio", "127.0.0.1:0", FakeProcessors(), None)  # type: ignore[arg-type]
+    assert isinstance(grpc_server, GrpcServer)

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -129,7 +130,8 @@ async def test_a_used_up_key_budget_is_refused_with_429_naming_it(env: Env) -> N
     msg = _message(r)
     assert f"daily budget of key '{KEY}' is used up" in msg
     assert "$5.00 spent of $5.00" in msg
-    assert "resets at " in msg and msg.endswith("T00:00:00Z")
+    assert "resets at " in msg
+    assert msg.endswith("T00:00:00Z")
     headers = dict(r.reply.headers)
     assert headers["x-should-retry"] == "false"
     assert 0 < int(headers["retry-after"]) <= 86_400
@@ -221,9 +223,11 @@ async def test_concurrent_burst_overruns_at_most_the_documented_bound(env: Env) 
     spent = int(await env.check.get(spend_key) or 0)
     bound = (to_micro(budget) // to_micro(r)) * max(0, to_micro(c) - to_micro(r))
     overrun = spent - to_micro(budget)
-    print(f"\nburst: 200 sent, {len(admitted)} admitted, spent {format_usd(spent)} of"
-          f" {format_usd(to_micro(budget))}: overrun {format_usd(overrun)} <= bound"
-          f" {format_usd(bound)}")
+    print(
+        f"\nburst: 200 sent, {len(admitted)} admitted, spent {format_usd(spent)} of"
+        f" {format_usd(to_micro(budget))}: overrun {format_usd(overrun)} <= bound"
+        f" {format_usd(bound)}"
+    )
     assert overrun <= bound
     assert not await env.check.exists(reserved)  # every reservation released
     # Now the budget is used up: refused, and the estimate learnt the real cost.
@@ -279,14 +283,16 @@ async def test_unbooked_requests_are_written_and_counted(redis_url: str, tmp_pat
     try:
         booked = await e.admit("ok-1")
         lost = await e.admit("lost-1", budget=(10.0, None))
-        assert isinstance(booked, Ticket) and isinstance(lost, Ticket)
+        assert isinstance(booked, Ticket)
+        assert isinstance(lost, Ticket)
         e.book("ok-1", booked, 0.01)
         reserved = e.ledger.keyspace.reserved("key", KEY, _day())
         assert await e.check.get(reserved) == b"500000"
         await asyncio.sleep(0.3)
         assert e.ledger.sweep_unbooked() == 1
         await until(lambda: e.value("tokenbook_requests_unbooked_total", provider="openai") == 1)
-        entries = [f for _, f in await e.check.xrange(e.ledger.keyspace.ledger)]
+        raw: list[Any] = await e.check.xrange(e.ledger.keyspace.ledger) or []
+        entries = [f for _, f in raw]
         assert sorted(f[b"outcome"] for f in entries) == [b"ok", b"unbooked"]
         unbooked = next(f for f in entries if f[b"outcome"] == b"unbooked")
         assert unbooked[b"request_id"] == b"lost-1"

@@ -70,7 +70,7 @@ async def test_key_budgets_live_in_the_key_hash_and_invalidate_caches(
     msg = await pubsub.get_message(timeout=1)
     assert msg is not None
     assert orjson.loads(msg["data"])["type"] == "changed"
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     await store.set_budget("key", record.key_id, daily_usd=None, by="t")
     fresh = await registry.get_by_id(record.key_id)
     assert fresh is not None
@@ -89,9 +89,9 @@ async def test_suspend_resume_list(client: aioredis.Redis) -> None:
     assert await store.suspended() == []
 
 
-async def _until_applied(check: object, timeout: float = 3.0) -> float:
+async def _until_applied(check: object, within_s: float = 3.0) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
+    while time.monotonic() - started < within_s:
         if check():  # type: ignore[operator]
             return time.monotonic() - started
         await asyncio.sleep(0.005)

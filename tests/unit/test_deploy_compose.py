@@ -5,8 +5,8 @@ work when run against the real thing (with the port swapped for a free one)."""
 
 from __future__ import annotations
 
+import json
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -146,7 +146,7 @@ def test_redis_persists(compose: dict[str, Any]) -> None:
 
 def test_tokenbook_service_matches_the_image(compose: dict[str, Any]) -> None:
     tb = service(compose, "tokenbook")
-    cmd = shlex.split(dockerfile_instruction("CMD").replace(",", " ").strip("[]"))
+    cmd = json.loads(dockerfile_instruction("CMD"))  # exec form: a JSON list
     listen = cmd[cmd.index("--listen") + 1]
     metrics = cmd[cmd.index("--metrics-listen") + 1]
     assert listen == "0.0.0.0:50051"

@@ -60,7 +60,17 @@ def _xadd(url: str, *entries: LedgerEntry) -> None:
 
 def test_budgets_set_list_unset(redis_url: str) -> None:
     code, out, err = run(
-        redis_url, "budgets", "set", "--scope", "agent", "--id", "crawler", "--daily-usd", "5", "--by", "tester"
+        redis_url,
+        "budgets",
+        "set",
+        "--scope",
+        "agent",
+        "--id",
+        "crawler",
+        "--daily-usd",
+        "5",
+        "--by",
+        "tester",
     )
     assert code == 0, err
     assert "agent crawler: daily $5, monthly none" in out
@@ -201,7 +211,16 @@ def test_ledger_export_selects_on_booking_time(redis_url: str) -> None:
 
 def test_ledger_tail_follow_prints_new_entries(redis_url: str) -> None:
     proc = subprocess.Popen(
-        [executable("tokenbook"), "ledger", "tail", "-n", "0", "--follow", "--redis-url", redis_url],
+        [
+            executable("tokenbook"),
+            "ledger",
+            "tail",
+            "-n",
+            "0",
+            "--follow",
+            "--redis-url",
+            redis_url,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -78,7 +78,7 @@ def test_spool_round_trip() -> None:
     [b'{"v":1,"booking_id":"x"', b"[]", b'{"v":2}', b'{"v":1,"booking_id":"x"}'],
 )
 def test_bad_spool_lines_are_refused(line: bytes) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"JSON|spool entry"):
         LedgerEntry.from_spool(line)
 
 

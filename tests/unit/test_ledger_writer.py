@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -48,8 +49,8 @@ def entry(i: int, *, cost: float | None = 0.0025, outcome: str = "ok", **kw: obj
     return LedgerEntry(**base)  # type: ignore[arg-type]
 
 
-async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], object], within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         result = check()
         if asyncio.iscoroutine(result):
@@ -84,7 +85,8 @@ class Harness:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     async def ledger(self) -> list[dict[bytes, bytes]]:
-        return [f for _, f in await self.check.xrange(KS.ledger)]
+        raw: list[Any] = await self.check.xrange(KS.ledger) or []
+        return [f for _, f in raw]
 
     async def close(self) -> None:
         if self.task is not None:
@@ -224,9 +226,11 @@ async def test_a_full_spool_counts_what_it_drops(tmp_path: Path) -> None:
             for i in range(25):
                 h.writer.submit(entry(i))
             await until(
-                lambda: h.value("tokenbook_ledger_writes_total", result="spooled")
-                + h.value("tokenbook_ledger_dropped_total", reason="spool_full")
-                == 25
+                lambda: (
+                    h.value("tokenbook_ledger_writes_total", result="spooled")
+                    + h.value("tokenbook_ledger_dropped_total", reason="spool_full")
+                    == 25
+                )
             )
             assert h.value("tokenbook_ledger_writes_total", result="spooled") == 10
             assert h.value("tokenbook_ledger_dropped_total", reason="spool_full") == 15
@@ -260,4 +264,20 @@ async def test_drain_spools_what_redis_cannot_take(tmp_path: Path) -> None:
         await h.writer.drain(0.1)  # the writer never ran: everything goes to the spool
         assert h.value("tokenbook_ledger_writes_total", result="spooled") == 3
         assert len(list(h.spool.readers())) == 1
+        await h.close()
+
+
+async def test_a_full_queue_spills_to_the_spool_and_is_replayed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    h = Harness(redis_url, tmp_path / "spool", queue_max=5)
+    for i in range(12):  # the writer is not running yet: 5 queue up, 7 spill to the spool
+        h.writer.submit(entry(i))
+    assert h.value("tokenbook_ledger_writes_total", result="spooled") == 7
+    h.start()
+    try:
+        await until(lambda: h.value("tokenbook_ledger_writes_total", result="written") == 12)
+        assert h.value("tokenbook_ledger_replayed_total") == 7
+        assert len(await h.ledger()) == 12
+    finally:
         await h.close()

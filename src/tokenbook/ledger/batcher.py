@@ -25,7 +25,7 @@ class ScriptBatcher:
     def __init__(self, redis: Redis, script: str, *, max_batch: int = 256) -> None:
         self._redis = redis
         self._script = script
-        self._sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by SHA-1
+        self._sha = script_sha(script)
         self._max = max_batch
         self._pending: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
@@ -63,19 +63,35 @@ class ScriptBatcher:
                 if not fut.done():
                     fut.cancel()
 
-    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args, _ in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
-
     async def _execute(self, calls: Sequence[_Call]) -> list[Any]:
-        results = await self._pipeline(calls)
-        missing = [i for i, r in enumerate(results) if isinstance(r, rex.NoScriptError)]
-        if missing:  # a restarted (or flushed) Redis: load the script once, redo those calls
-            await self._redis.script_load(self._script)
-            redo = await self._pipeline([calls[i] for i in missing])
-            for i, r in zip(missing, redo, strict=True):
-                results[i] = r
-        return results
+        return await run_pipelined(self._redis, self._script, self._sha, [c[:2] for c in calls])
+
+
+def script_sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by SHA-1
+
+
+async def run_pipelined(
+    redis: Redis, script: str, sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """EVALSHA each (keys, args) in one pipeline; per-call results (values or exceptions).
+
+    A Redis that does not know the script (restarted, flushed) gets it once and the calls that
+    failed with NOSCRIPT are made again. Connection errors raise.
+    """
+
+    async def once(subset: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in subset:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            out: list[Any] = await pipe.execute(raise_on_error=False)
+        return out
+
+    results = await once(calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, rex.NoScriptError)]
+    if missing:
+        await redis.script_load(script)
+        redo = await once([calls[i] for i in missing])
+        for i, r in zip(missing, redo, strict=True):
+            results[i] = r
+    return results

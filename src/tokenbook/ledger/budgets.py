@@ -351,11 +351,11 @@ class BudgetStore:
     async def load(self) -> ControlState:
         """Budgets and suspensions as one consistent snapshot (raises redis errors as is)."""
         ks = self.keyspace
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(ks.control_version)
-        pipe.hgetall(ks.budgets)
-        pipe.hgetall(ks.suspended)
-        version, budgets_raw, suspended_raw = await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(ks.control_version)
+            pipe.hgetall(ks.budgets)
+            pipe.hgetall(ks.suspended)
+            version, budgets_raw, suspended_raw = await pipe.execute()
         budgets: dict[tuple[str, str], Budget] = {}
         for k, v in budgets_raw.items():
             b = Budget.from_field(_text(k), v)

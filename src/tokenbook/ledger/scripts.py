@@ -11,10 +11,12 @@ Amounts are integer micro-dollars passed as strings (see `periods`).
 from __future__ import annotations
 
 # KEYS[1] booked marker  KEYS[2] hold  KEYS[3] holds zset  KEYS[4] ledger stream
-# KEYS[5..4+n] spend counters
+# KEYS[5..4+n] spend counters, in (day, month) pairs
 # ARGV[1] marker ('b' booked, 'u' unbooked)  ARGV[2] marker TTL (s)  ARGV[3] booking id
-# ARGV[4] cost (micro-dollars)  ARGV[5] stream MAXLEN (approximate)  ARGV[6] n
-# ARGV[7..6+n] EXPIREAT of each spend counter  ARGV[7+n..] ledger field/value pairs
+# ARGV[4] cost (micro-dollars)  ARGV[5] stream MAXLEN (approximate)
+# ARGV[6] EXPIREAT of the day counters  ARGV[7] EXPIREAT of the month counters
+# ARGV[8] the ledger entry's field/value pairs as one JSON array of strings (one argument
+# instead of ~36: encoding each argument is most of a booking's client-side CPU)
 # Returns 1 booked; 2 booked although an 'unbooked' verdict was recorded first (the meter's
 # booking arrived after the unbooked timeout: the real numbers win, the ledger holds both);
 # 0 duplicate: nothing was written.
@@ -39,14 +41,13 @@ if #hold > 0 then
   redis.call('DEL', KEYS[2])
 end
 redis.call('ZREM', KEYS[3], ARGV[3])
-local n = tonumber(ARGV[6])
 if tonumber(ARGV[4]) > 0 then
-  for i = 1, n do
-    redis.call('INCRBY', KEYS[4 + i], ARGV[4])
-    redis.call('EXPIREAT', KEYS[4 + i], ARGV[6 + i])
+  for i = 5, #KEYS do
+    redis.call('INCRBY', KEYS[i], ARGV[4])
+    redis.call('EXPIREAT', KEYS[i], ARGV[6 + (i - 5) % 2])
   end
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7 + n))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(cjson.decode(ARGV[8])))
 return result
 """
 
