@@ -288,3 +288,13 @@ async def test_health_and_admin_api(app: Running) -> None:
             rpb.RevokeKeyRequest(key_id=issued.info.key_id), metadata=auth
         )
         assert revoked.status == "revoked"
+
+
+async def test_every_exported_metric_is_documented_in_the_readme(app: Running) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    names = {family.name for family in app.metrics.registry.collect()}
+    assert len(names) > 15
+    missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}_total`" not in readme)
+    assert not missing, f"metrics missing from the README's Metrics table: {missing}"

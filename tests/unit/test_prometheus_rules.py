@@ -33,11 +33,7 @@ ANNOTATIONS = ("summary", "description", "runbook")
 
 #: Metrics the rules read that README's Metrics table does not list (yet). The budget metrics
 #: are exported by the budget/ledger code; `tokenbook_registry_up` by metrics/instruments.py.
-NOT_IN_README: dict[str, set[str]] = {
-    "tokenbook_budget_remaining_usd": {"scope", "id", "period"},
-    "tokenbook_budget_denied_total": {"scope", "id"},
-    "tokenbook_registry_up": set(),
-}
+NOT_IN_README: dict[str, set[str]] = {}
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 
