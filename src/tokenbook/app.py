@@ -174,9 +174,13 @@ class App:
                 await self.ledger.drain(timeout_s=5.0)
             for task in self._tasks:
                 task.cancel()
-            for task in self._tasks:
-                with suppress(asyncio.CancelledError, Exception):
-                    await task
+            # A task cancelled while redis-py is still connecting can stay stuck in its cleanup;
+            # shutting down must not wait on it forever.
+            if self._tasks:
+                _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+                if stuck:
+                    log.warning("%d background task(s) did not stop in time", len(stuck))
+
             with suppress(Exception):
                 await self.redis.aclose()
             await self.ledger.aclose()

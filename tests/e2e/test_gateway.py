@@ -236,3 +236,43 @@ def test_openai_stream_without_include_usage_still_books_reported_usage(stack: S
     labels = {"key_id": issued["key_id"], "provider": "openai", "source": "reported"}
     text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", key_id=issued["key_id"])
     assert sample(text, "tokenbook_tokens_total", token_type="reasoning", **labels) == 100
+
+
+def test_duplicate_spoofed_headers_are_all_replaced(stack: Stack) -> None:
+    import http.client
+
+    issued = issue_key(stack, "ruth", "search", "dup", "indexing")
+    tag = _tag()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.envoy_port, timeout=10)
+    conn.putrequest("POST", "/openai/v1/chat/completions")
+    conn.putheader("authorization", f"Bearer {issued['key']}")
+    conn.putheader("x-test-id", tag)
+    for forged in ("mallory", "eve"):  # the same header twice, in two cases
+        conn.putheader("x-tokenbook-owner", forged)
+        conn.putheader("X-Tokenbook-Workload", forged)
+    conn.putheader("content-length", "2")
+    conn.endheaders(b"{}")
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 200
+    assert stack.fake is not None
+    got = stack.fake.provider.find("x-test-id", tag)
+    assert got.header_all("x-tokenbook-owner") == ["ruth"]
+    assert got.header_all("x-tokenbook-workload") == ["indexing"]
+
+
+def test_no_secret_in_any_log_or_metric(stack: Stack) -> None:
+    issued = issue_key(stack, "sam", "search", "quiet", "indexing")
+    _openai(stack, issued["key"]).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+    )
+    with pytest.raises(openai.AuthenticationError):
+        _openai(stack, issued["key"] + "x").models.list()  # an unknown key is not logged either
+    text = wait_for_sample(stack, "tokenbook_requests_total", key_id=issued["key_id"], outcome="ok")
+    secret = issued["key"][len("tb_") + 13 :]
+    assert len(secret) >= 40
+    for proc in (stack.tokenbook, stack.envoy, stack.redis):
+        assert proc is not None
+        assert secret not in proc.log(), f"the secret appears in the {proc.name} log"
+    assert secret not in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
@@ -290,10 +291,11 @@ async def test_health_and_admin_api(app: Running) -> None:
         assert revoked.status == "revoked"
 
 
-async def test_every_exported_metric_is_documented_in_the_readme(app: Running) -> None:
-    from pathlib import Path
+README_TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+async def test_every_exported_metric_is_documented_in_the_readme(app: Running) -> None:
+    readme = README_TEXT
     names = {family.name for family in app.metrics.registry.collect()}
     assert len(names) > 15
     missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}_total`" not in readme)

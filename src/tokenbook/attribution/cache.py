@@ -211,6 +211,11 @@ class KeyResolver:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # redis-py's timeouts can turn a cancellation into a TimeoutError: honour it,
+                # or shutdown waits on a task that keeps reconnecting.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 self._errors += 1
                 if self._subscribed:
                     backoff = self._backoff_min  # it was working: retry quickly
@@ -221,7 +226,8 @@ class KeyResolver:
                 self._subscribed = False
                 self._pubsub = None
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # bounded: a connection cancelled mid-connect may never finish closing
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
                 except Exception as exc:  # a dying connection may fail to close; nothing to do
                     log.debug("closing the pub/sub connection failed: %s", exc)
             await asyncio.sleep(backoff)

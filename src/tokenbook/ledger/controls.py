@@ -99,6 +99,7 @@ class Controls:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelling()
                 if self._live:
                     backoff = self._backoff_min  # it was working: retry quickly
                 self._live = False
@@ -110,7 +111,8 @@ class Controls:
                 )
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # bounded: a connection cancelled mid-connect may never finish closing
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
                 except Exception as exc:  # a dying connection may fail to close
                     log.debug("closing the control subscription failed: %s", exc)
             await asyncio.sleep(backoff)
@@ -136,3 +138,10 @@ class Controls:
                 last_poll = self._clock()
                 if await self._store.version() != self._state.version:
                     await self.refresh()
+
+
+def _reraise_if_cancelling() -> None:
+    """redis-py's timeouts can turn a cancellation into a TimeoutError; honour the cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -147,6 +147,9 @@ class Ledger:
             except asyncio.CancelledError:
                 raise
             except (rex.RedisError, OSError, TimeoutError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a cancel redis-py turned into an error
+                    raise asyncio.CancelledError from exc
                 log.debug("ledger sweep: Redis unavailable (%s)", exc)
             except Exception:
                 log.exception("ledger sweep failed")

@@ -156,6 +156,10 @@ class LedgerWriter:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not stop the ledger: keep what was in flight
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a cancel redis-py turned into an error
+                    self._spool_inflight()
+                    raise asyncio.CancelledError from None
                 log.exception("ledger writer step failed; spooling the batch in flight")
                 self._spool_inflight()
 
