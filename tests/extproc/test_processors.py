@@ -294,9 +294,16 @@ async def test_health_and_admin_api(app: Running) -> None:
 README_TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
-async def test_every_exported_metric_is_documented_in_the_readme(app: Running) -> None:
+async def test_every_exported_metric_is_documented_in_the_readme(redis_url: str) -> None:
+    # The App as `serve` composes it (every instrument and collector), without running it.
+    settings = load_settings(
+        {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "redis_url": redis_url},
+        environ={},
+    )
+    application = App(settings, environ={})
     readme = README_TEXT
-    names = {family.name for family in app.metrics.registry.collect()}
+    names = {family.name for family in application.metrics_registry.collect()}
+    await application.redis.aclose()
     assert len(names) > 15
     missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}_total`" not in readme)
     assert not missing, f"metrics missing from the README's Metrics table: {missing}"

@@ -237,10 +237,15 @@ class KeyResolver:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         ping_sent_at: float | None = None
+        task = asyncio.current_task()
         while True:
             message: dict[str, Any] | None = await pubsub.get_message(
                 ignore_subscribe_messages=False, timeout=self._ping_interval
             )
+            # redis-py turns a cancellation that races its read timeout into "no message":
+            # without this check a cancelled task would listen forever (and hang shutdown).
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             now = loop.time()
             if message is None:
                 if ping_sent_at is not None and now - ping_sent_at >= self._ping_interval:

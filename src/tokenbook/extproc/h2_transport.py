@@ -42,7 +42,7 @@ from typing import Any, NoReturn, Protocol
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from tokenbook.extproc.h2.connection import H2Config, ServerConnection, Stream
 from tokenbook.extproc.h2.frames import ErrorCode
@@ -55,7 +55,7 @@ from tokenbook.extproc.h2.grpc_wire import (
     trailers,
 )
 from tokenbook.extproc.h2.headers import HeaderList
-from tokenbook.extproc.server import ADMIN_SERVICE, EXT_PROC_SERVICE
+from tokenbook.extproc.server import EXT_PROC_SERVICE, set_health
 from tokenbook.extproc.streams import ROLE_METADATA_KEY
 
 log = logging.getLogger("tokenbook.extproc.h2")
@@ -731,14 +731,7 @@ class H2Server:
         await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        services = ["", EXT_PROC_SERVICE] + ([ADMIN_SERVICE] if self.admin_enabled else [])
-        for name in services:
-            await self.health.set(name, status)
+        await set_health(self.health, serving, admin_enabled=self.admin_enabled)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new streams, let open ones finish for up to `grace_s`, then reset the rest."""

@@ -14,6 +14,22 @@ from tokenbook.extproc.streams import Processors
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ADMIN_SERVICE = "tokenbook.v1.KeyRegistry"
+
+
+async def set_health(
+    servicer: health.aio.HealthServicer, serving: bool, *, admin_enabled: bool
+) -> None:
+    """Every service tokenbook serves reports the same status (both transports use this)."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    services = ["", EXT_PROC_SERVICE] + ([ADMIN_SERVICE] if admin_enabled else [])
+    for name in services:
+        await servicer.set(name, status)
+
+
 TRANSPORTS = ("grpcio", "h2")
 
 
@@ -82,14 +98,7 @@ class GrpcServer:
         await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        services = ["", EXT_PROC_SERVICE] + ([ADMIN_SERVICE] if self.admin_enabled else [])
-        for name in services:
-            await self.health.set(name, status)
+        await set_health(self.health, serving, admin_enabled=self.admin_enabled)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new streams, let open ones finish for up to `grace_s`, then cancel the rest."""

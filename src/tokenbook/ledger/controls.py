@@ -120,10 +120,14 @@ class Controls:
 
     async def _listen(self, pubsub: PubSub) -> None:
         last_poll = self._clock()
+        task = asyncio.current_task()
         while True:
             message: dict[str, Any] | None = await pubsub.get_message(
                 ignore_subscribe_messages=False, timeout=self._refresh
             )
+            # redis-py turns a cancellation that races its read timeout into "no message".
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             if message is not None and message.get("type") in (
                 "subscribe",
                 b"subscribe",
