@@ -25,14 +25,12 @@ from tokenbook.attribution.keys import NAME_RE
 from tokenbook.ledger.budgets import BudgetStore, ControlError, validate_scope_id
 from tokenbook.ledger.cli_support import (
     EXIT_OK,
-    EXIT_OPERATIONAL,
-    EXIT_USAGE,
     IO,
     OperationalError,
     UsageError,
     actor,
     actor_option,
-    fail,
+    dispatch,
     print_json,
     print_table,
     redis_options,
@@ -67,14 +65,7 @@ def run(
 ) -> int:
     verb: str = ns.agents_command
     io = IO(stdout, stderr, os.environ if env is None else env)
-    try:
-        return _VERBS[verb](ns, io)
-    except UsageError as exc:
-        fail(io, f"agents {verb}", str(exc))
-        return EXIT_USAGE
-    except (OperationalError, ControlError) as exc:
-        fail(io, f"agents {verb}", str(exc))
-        return EXIT_OPERATIONAL
+    return dispatch("agents", _VERBS, verb, ns, io, operational=(OperationalError, ControlError))
 
 
 def _agent(ns: argparse.Namespace) -> str:

@@ -34,14 +34,12 @@ from tokenbook.ledger.budgets import (
 )
 from tokenbook.ledger.cli_support import (
     EXIT_OK,
-    EXIT_OPERATIONAL,
-    EXIT_USAGE,
     IO,
     OperationalError,
     UsageError,
     actor,
     actor_option,
-    fail,
+    dispatch,
     money_arg,
     print_json,
     print_table,
@@ -92,14 +90,14 @@ def run(
 ) -> int:
     verb: str = ns.budgets_command
     io = IO(stdout, stderr, os.environ if env is None else env)
-    try:
-        return _VERBS[verb](ns, io)
-    except UsageError as exc:
-        fail(io, f"budgets {verb}", str(exc))
-        return EXIT_USAGE
-    except (OperationalError, ControlError, RegistryError) as exc:
-        fail(io, f"budgets {verb}", str(exc))
-        return EXIT_OPERATIONAL
+    return dispatch(
+        "budgets",
+        _VERBS,
+        verb,
+        ns,
+        io,
+        operational=(OperationalError, ControlError, RegistryError),
+    )
 
 
 def _target(ns: argparse.Namespace) -> tuple[str, str]:

@@ -122,6 +122,30 @@ def run_with(
     return asyncio.run(go())
 
 
+def dispatch(
+    command: str,
+    verbs: Mapping[str, Callable[[argparse.Namespace, IO], int]],
+    verb: str,
+    ns: argparse.Namespace,
+    io: IO,
+    *,
+    operational: tuple[type[BaseException], ...] = (OperationalError,),
+    quiet_exits: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run one verb of a subcommand and map its errors onto the exit codes: `UsageError` -> 2,
+    `operational` -> 1 (one line on stderr each), `quiet_exits` -> 0 without a word."""
+    try:
+        return verbs[verb](ns, io)
+    except UsageError as exc:
+        fail(io, f"{command} {verb}", str(exc))
+        return EXIT_USAGE
+    except operational as exc:
+        fail(io, f"{command} {verb}", str(exc))
+        return EXIT_OPERATIONAL
+    except quiet_exits:
+        return EXIT_OK
+
+
 def money_arg(flag: str, text: str | None) -> float | str | None:
     """``--daily-usd`` values: a number, ``none`` to clear, or None when not given."""
     if text is None:

@@ -30,12 +30,10 @@ from tokenbook.attribution.codec import parse_time
 from tokenbook.ledger import reader
 from tokenbook.ledger.cli_support import (
     EXIT_OK,
-    EXIT_OPERATIONAL,
-    EXIT_USAGE,
     IO,
     OperationalError,
     UsageError,
-    fail,
+    dispatch,
     redis_options,
     run_with,
 )
@@ -65,18 +63,10 @@ def run(
 ) -> int:
     verb: str = ns.ledger_command
     io = IO(stdout, stderr, os.environ if env is None else env)
-    try:
-        return _VERBS[verb](ns, io)
-    except UsageError as exc:
-        fail(io, f"ledger {verb}", str(exc))
-        return EXIT_USAGE
-    except OperationalError as exc:
-        fail(io, f"ledger {verb}", str(exc))
-        return EXIT_OPERATIONAL
-    except KeyboardInterrupt:  # the way out of --follow
-        return EXIT_OK
-    except BrokenPipeError:  # `| head`
-        return EXIT_OK
+    # Ctrl-C is the way out of --follow; a broken pipe is `| head`: both are a normal end.
+    return dispatch(
+        "ledger", _VERBS, verb, ns, io, quiet_exits=(KeyboardInterrupt, BrokenPipeError)
+    )
 
 
 class _Out:
