@@ -252,14 +252,20 @@ def _expires(text: str | None) -> datetime | None:
     return when
 
 
-def _actor(ns: argparse.Namespace, io: _IO) -> str:
-    by: str | None = ns.by or io.env.get("USER") or io.env.get("LOGNAME")
-    if not by:
+def actor_name(by: str | None, env: Mapping[str, str]) -> str:
+    """Who performs an admin action: ``--by``, else $USER / $LOGNAME, else the login name;
+    validated (`AttributionError` when unusable). Shared by every admin CLI."""
+    name = by or env.get("USER") or env.get("LOGNAME")
+    if not name:
         try:
-            by = getpass.getuser()
+            name = getpass.getuser()
         except (OSError, KeyError):
-            by = "unknown"
-    return validate_actor(by)
+            name = "unknown"
+    return validate_actor(name)
+
+
+def _actor(ns: argparse.Namespace, io: _IO) -> str:
+    return actor_name(ns.by, io.env)
 
 
 def _key_id_arg(text: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from typing import TextIO, TypeVar
 import orjson
 from redis.asyncio import Redis
 
+from tokenbook.attribution.command import actor_name
 from tokenbook.attribution.connect import DEFAULT_REDIS_URL, redis_client
-from tokenbook.attribution.keys import validate_actor
 from tokenbook.ledger.keyspace import DEFAULT_PREFIX, Keyspace
 
 ENV_REDIS_URL = "TOKENBOOK_REDIS_URL"
@@ -73,14 +72,8 @@ def actor_option() -> argparse.ArgumentParser:
 
 
 def actor(ns: argparse.Namespace, io: IO) -> str:
-    by: str | None = ns.by or io.env.get("USER") or io.env.get("LOGNAME")
-    if not by:
-        try:
-            by = getpass.getuser()
-        except (OSError, KeyError):
-            by = "unknown"
     try:
-        return validate_actor(by)
+        return actor_name(ns.by, io.env)
     except ValueError as exc:
         raise UsageError(f"--by: {exc}") from exc
 
