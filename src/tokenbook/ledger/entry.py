@@ -30,8 +30,8 @@ from tokenbook.usage.types import TOKEN_TYPES
 OUTCOME_UNBOOKED = "unbooked"
 SPOOL_VERSION = 1
 
-#: Export columns, in order (CSV header; the JSONL record nests the token columns).
-RECORD_FIELDS: tuple[str, ...] = (
+#: The plain string fields of a record, in export order.
+SCALAR_FIELDS: tuple[str, ...] = (
     "request_id",
     "time",
     "key_id",
@@ -41,6 +41,10 @@ RECORD_FIELDS: tuple[str, ...] = (
     "workload",
     "provider",
     "model",
+)
+#: Export columns, in order (CSV header; the JSONL record nests the token columns).
+RECORD_FIELDS: tuple[str, ...] = (
+    *SCALAR_FIELDS,
     *(f"tokens_{t}" for t in TOKEN_TYPES),
     "cost_usd",
     "outcome",
@@ -178,20 +182,7 @@ def flat_record(fields: Mapping[Any, Any]) -> dict[str, str]:
 def usage_record(fields: Mapping[Any, Any]) -> dict[str, object]:
     """A stream entry as the UsageRecord proto's JSON mapping (absent values left out)."""
     f = {_text(k): _text(v) for k, v in fields.items()}
-    out: dict[str, object] = {
-        name: f.get(name, "")
-        for name in (
-            "request_id",
-            "time",
-            "key_id",
-            "owner",
-            "team",
-            "agent",
-            "workload",
-            "provider",
-            "model",
-        )
-    }
+    out: dict[str, object] = {name: f.get(name, "") for name in SCALAR_FIELDS}
     tokens: dict[str, int] = {}
     for name in TOKEN_TYPES:
         raw = f.get(f"tokens_{name}")
