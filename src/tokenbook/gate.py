@@ -114,7 +114,7 @@ class Gate:
 
     async def decide(self, req: RequestInfo) -> Admit | Refuse:
         provider = req.provider or "unknown"
-        found = find_key(list(req.headers), req.query)
+        found = find_key(req.headers, req.query)
         if found is None:
             return await self._unknown(
                 req, provider, None, None, "missing_key", "no API key was sent"
