@@ -117,7 +117,7 @@ class App:
             ),
             admission=self.ledger.admission,
         )
-        processors = Processors(
+        self.processors = processors = Processors(
             gate=gate,
             new_meter_session=partial(
                 MeterSession,

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from tokenbook.attribution.model import UNATTRIBUTED
 from tokenbook.ledger.entry import LedgerEntry, booking_id
-from tokenbook.metrics.instruments import Metrics
+from tokenbook.metrics.instruments import OVERFLOW_VALUE, Metrics
 from tokenbook.pricing.pricer import Pricer
 from tokenbook.usage.types import Extraction, Reason, Source
 
@@ -64,6 +65,30 @@ class Booked:
     cost_usd: float | None
 
 
+class _Series:
+    """The metric children one (provider, model, attribution) books into.
+
+    Resolved once per distinct label set instead of per booking: guarding five or seven label
+    values and finding their children was most of a booking's CPU, and the same few label sets
+    book again and again.
+    """
+
+    __slots__ = ("attr", "cost", "duration", "model", "provider", "requests", "tokens", "ttft")
+
+    def __init__(self, m: Metrics, provider: str, model: str, attr: tuple[str, ...]) -> None:
+        self.provider = provider
+        self.model = model
+        self.attr = attr
+        self.tokens: dict[tuple[str, str], Any] = {}
+        self.cost: dict[tuple[str, str], Any] = {}
+        self.requests: dict[str, Any] = {}
+        self.duration = m.child(m.duration, provider, model)
+        self.ttft = m.child(m.ttft, provider, model)
+
+
+_SERIES_MAX = 10_000
+
+
 class Booker:
     def __init__(
         self,
@@ -77,6 +102,27 @@ class Booker:
         self._pricer = pricer
         self._sink = sink
         self._wall = wall
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def _series_for(self, b: Booking) -> tuple[_Series, dict[str, str] | None]:
+        """The booking's series, and its guarded attribution labels when freshly resolved."""
+        m = self._m
+        a = b.attribution
+        key = (b.provider, b.model, *[a.get(n, "unattributed") for n in m.attribution_labels])
+        found = self._series.get(key)
+        if found is not None:
+            return found, None
+        model = m.guard("model", b.model)
+        provider = m.guard("provider", b.provider)
+        attr = self._labels(a)
+        series = _Series(m, provider, model, tuple(attr.values()))
+        # A label that overflowed must be counted in tokenbook_label_overflow_total at every
+        # booking: such a series is not remembered.
+        if OVERFLOW_VALUE not in (model, *series.attr):
+            if len(self._series) >= _SERIES_MAX:
+                self._series.clear()
+            self._series[key] = series
+        return series, attr
 
     def _labels(self, attribution: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -86,9 +132,8 @@ class Booker:
 
     def book(self, b: Booking) -> Booked:
         m = self._m
-        model = m.guard("model", b.model)
-        provider = m.guard("provider", b.provider)
-        attr = self._labels(b.attribution)
+        series, _ = self._series_for(b)
+        provider, model, attr_values = series.provider, series.model, series.attr
         usage = b.extraction.usage
         tokens = dict(usage.items())
         source = b.extraction.source.value
@@ -99,26 +144,38 @@ class Booker:
                 m.price_missing.labels(provider=provider, model=model).inc()
             else:
                 cost_total = price.total_usd
-            # Positional label values in labelnames order, through the child cache
-            # (`Metrics.child`): `labels(**kw)` per call was most of a booking's cost.
-            attr_values = tuple(attr.values())  # in `attribution_labels` order
             for token_type, count in tokens.items():
-                m.child(m.tokens, token_type, provider, model, *attr_values, source).inc(count)
-                if price is not None:
-                    m.child(m.cost, token_type, provider, model, *attr_values, source).inc(
-                        price.by_type.get(token_type, 0.0)
+                tkey = (token_type, source)
+                child = series.tokens.get(tkey)
+                if child is None:
+                    child = series.tokens[tkey] = m.child(
+                        m.tokens, token_type, provider, model, *attr_values, source
                     )
+                child.inc(count)
+                if price is not None:
+                    child = series.cost.get(tkey)
+                    if child is None:
+                        child = series.cost[tkey] = m.child(
+                            m.cost, token_type, provider, model, *attr_values, source
+                        )
+                    child.inc(price.by_type.get(token_type, 0.0))
         if b.extraction.reason not in (Reason.NONE, Reason.NOT_BILLED) or (
             b.extraction.source is Source.ESTIMATED
         ):
             m.usage_missing_reasons.labels(
                 provider=provider, reason=b.extraction.reason.value or "estimated"
             ).inc()
-        m.child(m.requests, provider, model, *attr.values(), b.outcome.value).inc()
+        outcome = b.outcome.value
+        child = series.requests.get(outcome)
+        if child is None:
+            child = series.requests[outcome] = m.child(
+                m.requests, provider, model, *attr_values, outcome
+            )
+        child.inc()
         if b.duration_s is not None:
-            m.child(m.duration, provider, model).observe(b.duration_s)
+            series.duration.observe(b.duration_s)
         if b.ttft_s is not None:
-            m.child(m.ttft, provider, model).observe(b.ttft_s)
+            series.ttft.observe(b.ttft_s)
         if self._sink is not None:
             self._sink(self._entry(b, tokens, cost_total, source))
         return Booked(tokens=tokens, cost_usd=cost_total)

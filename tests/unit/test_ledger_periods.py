@@ -98,3 +98,15 @@ def test_key_names_follow_the_design_layout() -> None:
     assert ks.control_channel == "tb:control"
     assert ks.registry_events == "tb:events"
     assert Keyspace().budgets == "tokenbook:budgets"
+
+
+def test_rfc3339_agrees_with_datetime_across_seconds_and_milliseconds() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        t = rng.uniform(1.7e9, 1.9e9)
+        t = rng.choice([t, float(int(t)), int(t) + 0.9995, int(t) + 0.0005])
+        when = datetime.fromtimestamp(t, UTC)
+        want = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+        assert rfc3339(t) == want, t

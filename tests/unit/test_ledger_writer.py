@@ -281,3 +281,39 @@ async def test_a_full_queue_spills_to_the_spool_and_is_replayed(
         assert len(await h.ledger()) == 12
     finally:
         await h.close()
+
+
+async def test_a_booking_redis_refuses_does_not_take_its_batch_with_it(h: Harness) -> None:
+    """One batch, one script call: a WRONGTYPE in one booking is that booking's alone."""
+    await h.check.hset(KS.spend("agent", "broken", DAY), "x", "1")  # someone wrote a hash here
+    batch = [entry(20), entry(21, agent="broken"), entry(22)]
+    for e in batch:
+        h.writer.submit(e)
+    await until(lambda: h.value("tokenbook_ledger_writes_total", result="written") == 2)
+    await until(lambda: h.value("tokenbook_ledger_dropped_total", reason="rejected") == 1)
+    ids = sorted(f[b"request_id"] for f in await h.ledger())
+    assert ids == [b"req-20", b"req-22"]
+    assert await h.check.get(KS.spend("agent", "crawler", DAY)) == b"5000"
+    assert h.value("tokenbook_ledger_writes_total", result="spooled") == 0
+
+
+async def test_many_bookings_are_written_in_few_round_trips(redis_url: str, tmp_path: Path) -> None:
+    h = Harness(redis_url, tmp_path / "spool", linger_s=0.05)
+    calls = 0
+    book = h.writer._book
+
+    async def counting(**kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await book(**kw)
+
+    h.writer._book = counting  # type: ignore[assignment]
+    h.start()
+    try:
+        for i in range(600):
+            h.writer.submit(entry(100 + i))
+        await until(lambda: h.value("tokenbook_ledger_writes_total", result="written") == 600)
+        assert len(await h.ledger()) == 600
+        assert calls <= 4  # batch_max 256: three batches
+    finally:
+        await h.close()

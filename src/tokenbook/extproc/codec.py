@@ -31,10 +31,10 @@ def headers_of(msg: pb.HttpHeaders) -> list[tuple[str, str]]:
 
 def attributes_of(req: pb.ProcessingRequest) -> dict[str, str]:
     """The requested attributes (``xds.route_name``, ``request.id``) as strings."""
-    if EXT_PROC_ATTRIBUTES not in req.attributes:
+    attributes = req.attributes
+    if EXT_PROC_ATTRIBUTES not in attributes:
         return {}
-    fields = req.attributes[EXT_PROC_ATTRIBUTES].fields
-    return {name: _value_str(v) for name, v in fields.items()}
+    return _strings(attributes[EXT_PROC_ATTRIBUTES].fields)
 
 
 def metadata_of(req: pb.ProcessingRequest) -> dict[str, str]:
@@ -42,7 +42,18 @@ def metadata_of(req: pb.ProcessingRequest) -> dict[str, str]:
     fm = req.metadata_context.filter_metadata
     if METADATA_NAMESPACE not in fm:
         return {}
-    return {name: _value_str(v) for name, v in fm[METADATA_NAMESPACE].fields.items()}
+    return _strings(fm[METADATA_NAMESPACE].fields)
+
+
+def _strings(fields: Mapping[str, struct_pb2.Value]) -> dict[str, str]:
+    # Indexing the map beats `.items()` (an ABC view) and `string_value` first beats
+    # `WhichOneof` (the values are strings: the gate writes only strings): 7.6 -> 3.4 µs for
+    # the gate's eight fields.
+    out: dict[str, str] = {}
+    for name in fields:
+        v = fields[name]
+        out[name] = v.string_value or _value_str(v)
+    return out
 
 
 def _value_str(v: struct_pb2.Value) -> str:
@@ -55,6 +66,23 @@ def _value_str(v: struct_pb2.Value) -> str:
     if kind == "bool_value":
         return "true" if v.bool_value else "false"
     return ""
+
+
+_REQUEST_LINE = frozenset({":path", ":method", "x-request-id"})
+
+
+def request_line_of(msg: pb.HttpHeaders) -> list[tuple[str, str]]:
+    """Only the headers the meter reads from a request (path, method, request id).
+
+    The meter never looks at the other request headers (usage comes from the response), and
+    decoding every header was a third of its cost for a JSON response.
+    """
+    out: list[tuple[str, str]] = []
+    for h in msg.headers.headers:
+        if h.key in _REQUEST_LINE:
+            raw = h.raw_value
+            out.append((h.key, raw.decode("utf-8", "replace") if raw else h.value))
+    return out
 
 
 def request_info(
@@ -88,14 +116,43 @@ def _header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+# Dynamic metadata that differs on every request; the rest (attribution, provider) is the same
+# for every request of one key, and goes into the cached template below.
+_PER_REQUEST_METADATA = frozenset({"request_id", "admitted_at", "admission_id", "request_model"})
+_TEMPLATES_MAX = 4096
+_templates: dict[tuple[object, ...], bytes] = {}
+
+
 def continue_request_headers(
     set_headers: Sequence[tuple[str, str]],
     remove_headers: Sequence[str],
     metadata: Mapping[str, str],
 ) -> pb.ProcessingResponse:
     """Let the request go on, with header mutations and dynamic metadata for the meter."""
-    # Built in place (`add`, `extend`) rather than from nested constructors and copied
-    # sub-messages: half the cost per admitted request (measured 52 -> 30 µs).
+    # The answers for one key differ only in a few metadata values: the rest is built once,
+    # kept serialized, and parsed back per request (17.6 -> 4.8 µs, measured).
+    per_request = [(k, v) for k, v in metadata.items() if k in _PER_REQUEST_METADATA]
+    static = tuple((k, v) for k, v in metadata.items() if k not in _PER_REQUEST_METADATA)
+    cache_key = (tuple(set_headers), tuple(remove_headers), static)
+    template = _templates.get(cache_key)
+    if template is None:
+        template = _build_continue(set_headers, remove_headers, dict(static)).SerializeToString()
+        if len(_templates) >= _TEMPLATES_MAX:
+            _templates.clear()
+        _templates[cache_key] = template
+    resp = pb.ProcessingResponse.FromString(template)
+    if per_request:
+        fields = resp.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
+        for k, v in per_request:
+            fields[k].string_value = v
+    return resp
+
+
+def _build_continue(
+    set_headers: Sequence[tuple[str, str]],
+    remove_headers: Sequence[str],
+    metadata: Mapping[str, str],
+) -> pb.ProcessingResponse:
     resp = pb.ProcessingResponse()
     mutation = resp.request_headers.response.header_mutation
     mutation.SetInParent()  # the oneof must be set even with no mutation (else a 500)

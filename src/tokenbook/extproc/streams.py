@@ -166,7 +166,7 @@ class MeterStream:
         if which == "request_headers":
             attrs = codec.attributes_of(msg)
             provider = self._p.provider_for_route(attrs.get("xds.route_name", ""))
-            req = codec.request_info(codec.headers_of(msg.request_headers), attrs, provider)
+            req = codec.request_info(codec.request_line_of(msg.request_headers), attrs, provider)
             session.on_request_headers(req, codec.metadata_of(msg))
             return False
         if which == "response_trailers":

@@ -90,7 +90,15 @@ def periods_at(unix_time: float) -> tuple[Period, Period]:
     return period_of(DAILY, when), period_of(MONTHLY, when)
 
 
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def rfc3339(unix_time: float) -> str:
     """``2025-01-31T12:00:00.123Z``: the ledger's timestamp format (UTC, milliseconds)."""
-    when = datetime.fromtimestamp(unix_time, UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    ms = round(unix_time * 1_000_000) // 1000  # as fromtimestamp rounds: to the microsecond
+    second, frac = divmod(ms, 1000)
+    cached_second, prefix = _last_second[0]
+    if cached_second != second:  # strftime once per second: per booking it was 6 µs
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second[0] = (second, prefix)
+    return f"{prefix}{frac:03d}Z"

@@ -20,6 +20,7 @@ How a parser's state becomes an `Extraction` (in `Parser.extraction`):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import orjson
@@ -41,6 +42,8 @@ def requested_model(ctx: ResponseContext) -> str | None:
 
 def as_int(value: object) -> int | None:
     """A token count from JSON: ints (and integral floats) pass, anything else is unknown."""
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -52,7 +55,12 @@ def as_int(value: object) -> int | None:
 
 def as_map(value: object) -> JSONMap:
     """``value`` if it is a JSON object, else an empty mapping (so lookups can chain)."""
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # what orjson gives; the ABC check below costs ~3 µs a call
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+_EMPTY: JSONMap = MappingProxyType({})
 
 
 def sub(total: int | None, *parts: int | None) -> int | None:
