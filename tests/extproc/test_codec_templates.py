@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenbook.extproc import codec
+from tokenbook.requestinfo import METADATA_NAMESPACE
 
 _names = st.sampled_from(["x-tokenbook-key-id", "x-tokenbook-owner", ":path", "authorization"])
 _values = st.text(min_size=0, max_size=12)
@@ -39,7 +40,7 @@ def test_per_request_values_do_not_leak_between_requests() -> None:
     first = codec.continue_request_headers(sets, [], {"owner": "alice", "request_id": "r1"})
     second = codec.continue_request_headers(sets, [], {"owner": "alice", "request_id": "r2"})
     third = codec.continue_request_headers(sets, [], {"owner": "alice"})
-    ns = codec.METADATA_NAMESPACE
+    ns = METADATA_NAMESPACE
     assert first.dynamic_metadata.fields[ns].struct_value.fields["request_id"].string_value == "r1"
     assert second.dynamic_metadata.fields[ns].struct_value.fields["request_id"].string_value == "r2"
     assert "request_id" not in third.dynamic_metadata.fields[ns].struct_value.fields
