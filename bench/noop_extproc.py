@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,6 +54,10 @@ _EMPTY = {
     "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
     "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
 }
+
+
+# Diagnostic: TOKENBOOK_NOOP_NO_BODY=1 skips the buffered-body phase (what it costs in latency).
+_ASK_BODY = os.environ.get("TOKENBOOK_NOOP_NO_BODY", "") != "1"
 
 
 def _gate_wants_body(msg: pb.ProcessingRequest) -> bool:
@@ -85,7 +90,7 @@ class NoopGate:
 
     async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
         which = msg.WhichOneof("request")
-        if which == "request_headers" and _gate_wants_body(msg):
+        if which == "request_headers" and _ASK_BODY and _gate_wants_body(msg):
             resp = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             resp.mode_override.CopyFrom(_BUFFER_BODY)
             self._awaiting_body = True

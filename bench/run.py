@@ -72,6 +72,7 @@ import stream_upstream  # noqa: E402
 import ttfb  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from tokenbook.loop import loop_name  # noqa: E402
 from tokenbook.testing.stack import (  # noqa: E402
     ManagedProcess,
     executable,
@@ -301,6 +302,13 @@ class Bench:
         )
         self._keep(start_envoy("upstream-envoy", cfg, admin, self.work))
 
+    def loop_for(self, setup: Setup) -> str:
+        """The event loop of a setup: tokenbook and its no-op yardstick always share it
+        (`tokenbook.loop`: uvloop for h2 when installed, asyncio for grpcio)."""
+        if self.ns.loop != "auto":
+            return str(self.ns.loop)
+        return loop_name("auto", setup.transport or "grpcio")
+
     def start_extproc(self, setup: Setup) -> str:
         """Start the processor of a setup; its address for the Envoy cluster."""
         port = free_ports(setup.workers)
@@ -313,7 +321,7 @@ class Bench:
                 "--transport",
                 setup.transport or "grpc",
             ]
-            if self.ns.uvloop:
+            if self.loop_for(setup) == "uvloop":
                 argv.append("--uvloop")
             proc = self._keep(ManagedProcess(setup.name, argv, self.work).start())
             proc.wait_ready(lambda: tcp_open(port), 30)
@@ -335,6 +343,8 @@ class Bench:
             ]
             if setup.transport and "--transport" in self.serve_help:
                 argv += ["--transport", setup.transport]
+            if "--loop" in self.serve_help:
+                argv += ["--loop", self.loop_for(setup)]
             if setup.workers > 1:
                 argv += ["--workers", str(setup.workers)]
                 argv += setup.extra.get("serve_args", [])
@@ -698,7 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ttfb-single", type=int, default=8, help="single-stream TTFB samples")
     p.add_argument("--ttfb-rounds", type=int, default=2, help="rounds of 32 concurrent streams")
     p.add_argument("--settle-s", type=float, default=0.5)
-    p.add_argument("--uvloop", action="store_true", help="run the no-op processor on uvloop")
+    p.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop of tokenbook and the no-op alike (default auto: uvloop for h2)",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy each tokenbook setup")
     p.add_argument(
         "--serve-only", action="store_true", help="start the setups, print them, wait (Ctrl-C)"
@@ -820,6 +835,7 @@ def run(
                 [executable("envoy"), "--version"], capture_output=True, text=True
             ).stdout.strip(),
             "transports_offered": offered,
+            "loops": {s.name: bench.loop_for(s) for s in setups if s.kind != "plain"},
             "setups": names,
             "workloads": workloads,
             "wrk_duration_s": duration,
@@ -911,6 +927,7 @@ def render(doc: Mapping[str, Any]) -> str:
         f"{meta['envoy'].split('version:')[-1].strip()}",
         f"{meta['passes_done']} passes × {meta['wrk_duration_s']:.1f}s wrk runs, round-robin; "
         "median (min–max) over passes",
+        "event loops: " + (", ".join(f"{k} {v}" for k, v in meta.get("loops", {}).items()) or "–"),
         "",
         report.load_table(doc["summary"], meta["setups"]),
         "",

@@ -7,7 +7,6 @@ Errors go to stderr as one line that says what to do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -32,6 +31,12 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         "--transport",
         choices=["grpcio", "h2"],
         help="ext_proc server: h2 (tokenbook's own HTTP/2, the default) or grpcio (grpc.aio)",
+    )
+    p.add_argument(
+        "--loop",
+        dest="event_loop",
+        choices=["auto", "uvloop", "asyncio"],
+        help="event loop: auto (uvloop when installed, the default), uvloop or asyncio",
     )
     p.add_argument(
         "--workers",
@@ -124,6 +129,7 @@ def _run_serve(
     ns: argparse.Namespace, environ: Mapping[str, str], stderr: TextIO, argv: Sequence[str]
 ) -> int:
     from tokenbook.app import serve
+    from tokenbook.loop import run_loop
     from tokenbook.settings import SettingsError, load_settings, read_admin_token_file
 
     flags = {
@@ -131,6 +137,7 @@ def _run_serve(
         for name in (
             "listen",
             "transport",
+            "event_loop",
             "workers",
             "metrics_listen",
             "redis_url",
@@ -160,13 +167,13 @@ def _run_serve(
             from tokenbook.workers import run_worker, worker_settings
 
             index = ns.worker_index
-            asyncio.run(run_worker(worker_settings(settings, index), environ, index))
+            run_loop(run_worker(worker_settings(settings, index), environ, index), settings)
         elif settings.workers > 1:
             from tokenbook.workers import supervise
 
             return supervise(settings, argv, environ, stderr)
         else:
-            asyncio.run(serve(settings, environ))
+            run_loop(serve(settings, environ), settings)
     except SettingsError as exc:
         print(f"tokenbook serve: {exc}", file=stderr)
         return 2

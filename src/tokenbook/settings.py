@@ -9,6 +9,7 @@ YAML file layout (every key optional)::
 
     listen: 127.0.0.1:50051
     transport: h2                 # h2 (tokenbook's own HTTP/2 transport) | grpcio (grpc.aio)
+    event_loop: auto              # auto (uvloop when installed) | uvloop | asyncio
     workers: 1                    # processes, on ports listen..listen+N-1 (tokenbook.workers)
     metrics_listen: 127.0.0.1:9464
     redis_url: redis://127.0.0.1:6379/0
@@ -85,6 +86,7 @@ class CredentialSource:
 class Settings:
     listen: str = "127.0.0.1:50051"
     transport: str = "h2"  # h2 | grpcio: which ext_proc server (extproc/server.py)
+    event_loop: str = "auto"  # auto | uvloop | asyncio (tokenbook.loop)
     workers: int = 1  # worker processes, one port each (tokenbook.workers)
     metrics_listen: str = "127.0.0.1:9464"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -135,6 +137,7 @@ class Settings:
 _SCALARS: dict[str, type] = {
     "listen": str,
     "transport": str,
+    "event_loop": str,
     "workers": int,
     "metrics_listen": str,
     "redis_url": str,
@@ -277,6 +280,10 @@ def _validate_ledger(s: Settings) -> None:
 
 def _validate(s: Settings) -> Settings:
     _validate_ledger(s)
+    if s.event_loop not in {"auto", "uvloop", "asyncio"}:
+        raise SettingsError(
+            f"event_loop: must be 'auto', 'uvloop' or 'asyncio', got {s.event_loop!r}"
+        )
     if s.transport not in {"grpcio", "h2"}:
         raise SettingsError(f"transport: must be 'grpcio' or 'h2', got {s.transport!r}")
     if not 1 <= s.workers <= 64:
