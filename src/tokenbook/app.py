@@ -138,6 +138,13 @@ class App:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    async def _flush_metrics(self) -> None:
+        # Hot-path increments are batched (`metrics.instruments.Tally`); a scrape of this
+        # process flushes them itself, the files behind `serve --workers` need this.
+        while True:
+            await asyncio.sleep(0.5)
+            self.metrics.tally.flush()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -150,6 +157,7 @@ class App:
             await self.grpc.start()
             self._tasks.append(asyncio.create_task(self.resolver.run_invalidation()))
             self._tasks.append(asyncio.create_task(self.ledger.run()))
+            self._tasks.append(asyncio.create_task(self._flush_metrics()))
             log.info(
                 "tokenbook serving ext_proc on %s (admin API %s), metrics on %s:%d",
                 self.settings.listen,
@@ -172,6 +180,7 @@ class App:
         finally:
             with suppress(Exception):
                 await self.ledger.drain(timeout_s=5.0)
+            self.ledger.stop()
             for task in self._tasks:
                 task.cancel()
             # A task cancelled while redis-py is still connecting can stay stuck in its cleanup;
@@ -181,6 +190,7 @@ class App:
                 if stuck:
                     log.warning("%d background task(s) did not stop in time", len(stuck))
 
+            self.metrics.tally.flush()
             with suppress(Exception):
                 await self.redis.aclose()
             await self.ledger.aclose()

@@ -132,6 +132,7 @@ class Booker:
 
     def book(self, b: Booking) -> Booked:
         m = self._m
+        tally = m.tally.add  # increments are applied in batches (`metrics.instruments.Tally`)
         series, _ = self._series_for(b)
         provider, model, attr_values = series.provider, series.model, series.attr
         usage = b.extraction.usage
@@ -151,14 +152,14 @@ class Booker:
                     child = series.tokens[tkey] = m.child(
                         m.tokens, token_type, provider, model, *attr_values, source
                     )
-                child.inc(count)
+                tally(child, count)
                 if price is not None:
                     child = series.cost.get(tkey)
                     if child is None:
                         child = series.cost[tkey] = m.child(
                             m.cost, token_type, provider, model, *attr_values, source
                         )
-                    child.inc(price.by_type.get(token_type, 0.0))
+                    tally(child, price.by_type.get(token_type, 0.0))
         if b.extraction.reason not in (Reason.NONE, Reason.NOT_BILLED) or (
             b.extraction.source is Source.ESTIMATED
         ):
@@ -171,7 +172,7 @@ class Booker:
             child = series.requests[outcome] = m.child(
                 m.requests, provider, model, *attr_values, outcome
             )
-        child.inc()
+        tally(child)
         if b.duration_s is not None:
             series.duration.observe(b.duration_s)
         if b.ttft_s is not None:

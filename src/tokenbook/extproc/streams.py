@@ -62,7 +62,7 @@ class GateStream:
         self._p = owner
         self.done = False
         self._awaiting_body = False
-        self._p.open_gate.inc()
+        owner.metrics.tally.add(owner.open_gate)
         self._closed = False
 
     async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
@@ -89,9 +89,9 @@ class GateStream:
             log.exception("gate failed; Envoy applies its failure_mode_allow")
             raise
         m = p.metrics
-        m.child(
-            m.gate_decisions, m.guard("provider", provider or "unknown"), decision.decision
-        ).inc()
+        m.tally.add(
+            m.child(m.gate_decisions, m.guard("provider", provider or "unknown"), decision.decision)
+        )
         if not isinstance(decision, Admit):
             p.booker.book_denied(provider or "unknown", {}, "unknown")
             self.done = True
@@ -131,7 +131,7 @@ class GateStream:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._p.open_gate.dec()
+            self._p.metrics.tally.add(self._p.open_gate, -1)
 
 
 class MeterStream:
@@ -140,7 +140,7 @@ class MeterStream:
         self._session = owner.new_meter_session()
         self.done = False
         self._closed = False
-        owner.open_meter.inc()
+        owner.metrics.tally.add(owner.open_meter)
 
     async def on_message(self, msg: pb.ProcessingRequest) -> None:
         self.done = self.observe(msg)
@@ -184,7 +184,7 @@ class MeterStream:
             self._p.metrics.extproc_errors.labels(role="meter", kind="booking").inc()
             log.exception("meter booking failed")
         finally:
-            self._p.open_meter.dec()
+            self._p.metrics.tally.add(self._p.open_meter, -1)
 
 
 class Processors:
@@ -213,9 +213,9 @@ class Processors:
         if role is None:
             role = "meter" if first.observability_mode else "gate"
         if role == "meter":
-            self._count_meter.inc()
+            self.metrics.tally.add(self._count_meter)
             return MeterStream(self)
-        self._count_gate.inc()
+        self.metrics.tally.add(self._count_gate)
         return GateStream(self)
 
 

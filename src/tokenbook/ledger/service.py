@@ -110,22 +110,33 @@ class Ledger:
     # -- background work ------------------------------------------------------------------
 
     async def run(self) -> None:
+        writer = asyncio.create_task(self.writer.run(), name="tokenbook-ledger-writer")
         tasks = [
-            asyncio.create_task(self.writer.run(), name="tokenbook-ledger-writer"),
+            writer,
             asyncio.create_task(self.controls.run(), name="tokenbook-ledger-controls"),
             asyncio.create_task(self._sweep(), name="tokenbook-ledger-sweep"),
         ]
         try:
             await asyncio.gather(*tasks)
         finally:
+            # The writer is asked to stop, not cancelled (see `LedgerWriter.stop`); it gets
+            # a moment to finish the step it is in, and is cancelled only if it does not.
+            self.writer.stop()
+            for t in tasks[1:]:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait({writer}, timeout=1.0)
             for t in tasks:
                 t.cancel()
-            for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         await self.writer.drain(timeout_s)
+
+    def stop(self) -> None:
+        """Shutdown: the writer returns after its current step (call after `drain`)."""
+        self.writer.stop()
 
     async def aclose(self) -> None:
         for client in (self._writer_redis, self._gate_redis):
