@@ -152,14 +152,17 @@ class Booker:
                     child = series.tokens[tkey] = m.child(
                         m.tokens, token_type, provider, model, *attr_values, source
                     )
-                tally(child, count)
+                if count:  # the series exists already (`m.child`): adding 0 would be a no-op
+                    tally(child, count)
                 if price is not None:
                     child = series.cost.get(tkey)
                     if child is None:
                         child = series.cost[tkey] = m.child(
                             m.cost, token_type, provider, model, *attr_values, source
                         )
-                    tally(child, price.by_type.get(token_type, 0.0))
+                    amount = price.by_type.get(token_type, 0.0)
+                    if amount:
+                        tally(child, amount)
         if b.extraction.reason not in (Reason.NONE, Reason.NOT_BILLED) or (
             b.extraction.source is Source.ESTIMATED
         ):

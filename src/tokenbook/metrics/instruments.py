@@ -11,6 +11,7 @@ a hostile or buggy client cannot explode the series count.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,8 @@ _LABEL_VALUE_MAX = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 
 # LLM requests last from milliseconds (cached embeddings) to minutes (long reasoning streams).
+log = logging.getLogger(__name__)
+
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30, 60)
 
@@ -98,7 +101,10 @@ class Tally:
         with self._lock:
             pending, self._pending = self._pending, {}
             for child, amount in pending.items():
-                child.inc(amount)
+                try:
+                    child.inc(amount)
+                except ValueError:  # a negative amount for a counter: a bug, not a reason
+                    log.exception("metric increment of %r refused", amount)  # to lose the rest
 
 
 class FlushFirst(Collector):

@@ -71,7 +71,10 @@ def sub(total: int | None, *parts: int | None) -> int | None:
     """
     if total is None:
         return None
-    return max(total - sum(p for p in parts if p is not None), 0)
+    for p in parts:  # a loop, not sum(generator): this runs for every booked response
+        if p is not None:
+            total -= p
+    return total if total > 0 else 0
 
 
 class Parser:
