@@ -55,7 +55,10 @@ bench: $(STAMP) system-deps ## the benchmark: plain Envoy vs no-op ext_proc vs t
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+bench-processors: $(STAMP) system-deps ## tokenbook's own CPU per request, without Envoy (~30 s; bench/processor_bench.py)
+	$(PY) bench/processor_bench.py
+
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info
 
-.PHONY: help install system-deps protos envoy-configs lint fmt test test-unit check demo bench clean
+.PHONY: help install system-deps protos envoy-configs lint fmt test test-unit check demo bench bench-processors clean

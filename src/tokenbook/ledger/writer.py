@@ -113,7 +113,7 @@ class LedgerWriter:
         maxlen: int = 1_000_000,
         idempotency_ttl_s: int = 86_400,
         batch_max: int = 256,
-        linger_s: float = 0.005,
+        linger_s: float = 0.02,
         replay_batch: int = 256,
         queue_max: int = 100_000,
         tick_s: float = 0.2,
