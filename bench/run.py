@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--rss-ramp", type=int, default=50, help="streams being opened at once in the RSS test"
     )
-    p.add_argument("--ttfb-single", type=int, default=8, help="single-stream TTFB samples")
+    p.add_argument("--ttfb-single", type=int, default=30, help="single-stream TTFB samples")
     p.add_argument("--ttfb-rounds", type=int, default=2, help="rounds of 32 concurrent streams")
     p.add_argument("--settle-s", type=float, default=0.5)
     p.add_argument(
