@@ -25,7 +25,6 @@ import asyncio
 import cProfile
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, cast
 
+import benchkey
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
@@ -301,30 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_until(lambda: _ping(port), 15, "redis")
             url = f"redis://127.0.0.1:{port}/0"
-            issued = subprocess.run(
-                [
-                    executable("tokenbook"),
-                    "keys",
-                    "issue",
-                    "--owner",
-                    "bench",
-                    "--team",
-                    "perf",
-                    "--agent",
-                    "proc",
-                    "--workload",
-                    "bench",
-                    "--format",
-                    "json",
-                    "--redis-url",
-                    url,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            key = json.loads(issued.stdout)["key"]
+            key = benchkey.issue_key(url, agent="proc", team="perf")
             rows = asyncio.run(amain(ns, url, key, work))
         finally:
             redis.stop()

@@ -65,6 +65,7 @@ def _ensure_venv() -> None:
 
 _ensure_venv()
 
+import benchkey  # noqa: E402
 import envoy_setups  # noqa: E402
 import procstat  # noqa: E402
 import report  # noqa: E402
@@ -242,30 +243,7 @@ class Bench:
         )
         redis.wait_ready(lambda: tcp_open(self.redis_port), 15)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        issued = subprocess.run(
-            [
-                executable("tokenbook"),
-                "keys",
-                "issue",
-                "--owner",
-                "bench",
-                "--team",
-                "perf",
-                "--agent",
-                "wrk",
-                "--workload",
-                "bench",
-                "--format",
-                "json",
-                "--redis-url",
-                self.redis_url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        self.key = json.loads(issued.stdout)["key"]
+        self.key = benchkey.issue_key(self.redis_url, agent="wrk", team="perf")
 
         self.bodies = {
             "json": self.work / "request_json.json",

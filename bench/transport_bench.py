@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import benchkey
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -421,29 +422,7 @@ class BenchStack:
         upstream.wait_ready(lambda: http_get(f"http://127.0.0.1:{up_admin}/ready")[0] == 200)
         redis.wait_ready(lambda: _tcp_open(self.redis_port))
         stream.wait_ready(lambda: _tcp_open(self.stream_port))
-        issued = subprocess.run(
-            [
-                executable("tokenbook"),
-                "keys",
-                "issue",
-                "--owner",
-                "bench",
-                "--team",
-                "bench",
-                "--agent",
-                "bench",
-                "--workload",
-                "bench",
-                "--format",
-                "json",
-                "--redis-url",
-                redis_url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        self.key = json.loads(issued.stdout)["key"]
+        self.key = benchkey.issue_key(redis_url, agent="bench", team="bench")
         from tokenbook.extproc.probe import serving
 
         for setup in self.setups:
