@@ -1,6 +1,6 @@
 """tokenbook's own work per request, without Envoy or a transport: CPU µs of the processors.
 
-    .venv/bin/python bench/processor_bench.py                 # ~20 s, prints a table
+    make bench-processors                                     # ~30 s, prints a table
     .venv/bin/python bench/processor_bench.py --requests 20000 --profile out.prof
 
 Why: `make bench` measures the whole process under Envoy, where tokenbook's logic is one part
@@ -14,8 +14,11 @@ answer the same phases with empty answers).
 
 Per request, reported separately (process CPU time, `time.process_time`):
 - ``noop``: parse + empty answers (the transport-independent part of the no-op processor);
-- ``gate``, ``meter``: tokenbook's processors for each stream (parse and answers included);
-- ``ledger``: the writer's Redis work for the bookings made, measured while it drains.
+- ``gate``, ``meter``: tokenbook's processors for each stream (parse and answers included),
+  the meter for the JSON response;
+- ``meter_sse``, ``meter_stream``: the meter for `make bench`'s 30-event SSE body, in one body
+  message and in 30 (``chunk`` = the difference per further message);
+- ``ledger``: the writer's Redis work per booking, measured while it drains.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import benchkey
+import stream_upstream
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
@@ -46,6 +50,7 @@ from tokenbook.testing.stack import ManagedProcess, executable, free_port, wait_
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "corpus"
 JSON_FIXTURE = CORPUS / "openai/chat/nonstream_prompt_cache_hit.json"
+SSE_EVENTS = 30  # as `make bench`: the stream fixture's events, each its own body message
 REQUEST = json.dumps(
     {
         "model": "gpt-4o-mini",
@@ -83,10 +88,10 @@ def request_headers(key: str, request_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def response_headers(body: bytes) -> list[tuple[str, str]]:
+def response_headers(body: bytes, content_type: str) -> list[tuple[str, str]]:
     return [
         (":status", "200"),
-        ("content-type", "application/json"),
+        ("content-type", content_type),
         ("content-length", str(len(body))),
         ("date", "Thu, 03 Dec 2026 20:00:00 GMT"),
         ("server", "envoy"),
@@ -112,8 +117,15 @@ class Messages:
             ).SerializeToString(),
         ]
 
-    def meter(self, rid: str, metadata: struct_pb2.Struct) -> list[bytes]:
+    def meter(
+        self,
+        rid: str,
+        metadata: struct_pb2.Struct,
+        chunks: list[bytes] | None = None,
+        content_type: str = "application/json",
+    ) -> list[bytes]:
         # What the meter sees: the headers after the gate's mutations, its dynamic metadata.
+        bodies = chunks if chunks is not None else [self.body]
         headers = [(k, v) for k, v in request_headers(self.key, rid) if k != "authorization"]
         headers += [("x-tokenbook-key-id", "k"), ("x-tokenbook-owner", "bench")]
         meta = base_pb2.Metadata()
@@ -126,12 +138,18 @@ class Messages:
                 **common,
             ).SerializeToString(),
             pb.ProcessingRequest(
-                response_headers=pb.HttpHeaders(headers=header_map(response_headers(self.body))),
+                response_headers=pb.HttpHeaders(
+                    headers=header_map(response_headers(b"".join(bodies), content_type))
+                ),
                 **common,
             ).SerializeToString(),
-            pb.ProcessingRequest(
-                response_body=pb.HttpBody(body=self.body, end_of_stream=True), **common
-            ).SerializeToString(),
+            *(
+                pb.ProcessingRequest(
+                    response_body=pb.HttpBody(body=b, end_of_stream=i == len(bodies) - 1),
+                    **common,
+                ).SerializeToString()
+                for i, b in enumerate(bodies)
+            ),
         ]
 
 
@@ -205,21 +223,41 @@ async def measure(
     if profile:
         profile.disable()
 
-    meter_msgs = [msgs.meter(rid, meta) for rid, meta in metas]
     queued_before = app.ledger.writer.queued
-    if profile:
-        profile.enable()
-    t0 = time.process_time()
-    for mm in meter_msgs:
-        first = parse(mm[0])
-        stream = cast(MeterStream, processors.new_stream("meter", first))
-        stream.observe(first)
-        stream.observe(parse(mm[1]))
-        if stream.observe(parse(mm[2])):
-            stream.close()
-    meter_s = time.process_time() - t0
-    if profile:
-        profile.disable()
+    events = stream_upstream.sse_events(CORPUS, SSE_EVENTS)
+
+    def again(meta: struct_pb2.Struct, tag: str) -> struct_pb2.Struct:
+        # Another admission of the same request: its own booking, not a duplicate of the first.
+        copy = struct_pb2.Struct()
+        copy.CopyFrom(meta)
+        copy.fields["admission_id"].string_value += tag
+        return copy
+
+    variants = {
+        "meter_us": [msgs.meter(rid, meta) for rid, meta in metas],
+        "meter_sse_us": [
+            msgs.meter(rid, again(meta, "s"), [b"".join(events)], "text/event-stream")
+            for rid, meta in metas
+        ],
+        "meter_stream_us": [
+            msgs.meter(rid, again(meta, "t"), events, "text/event-stream") for rid, meta in metas
+        ],
+    }
+    meter_us: dict[str, float] = {}
+    for name, meter_msgs in variants.items():
+        if profile:
+            profile.enable()
+        t0 = time.process_time()
+        for mm in meter_msgs:
+            first = parse(mm[0])
+            stream = cast(MeterStream, processors.new_stream("meter", first))
+            stream.observe(first)
+            for raw in mm[1:]:
+                if stream.observe(parse(raw)):
+                    stream.close()
+        meter_us[name] = (time.process_time() - t0) / n * 1e6
+        if profile:
+            profile.disable()
     booked = app.ledger.writer.queued - queued_before
 
     # The writer drains what the meter queued: its CPU per booking.
@@ -237,7 +275,8 @@ async def measure(
         "booked": booked,
         "noop_us": noop / n * 1e6,
         "gate_us": gate_s / n * 1e6,
-        "meter_us": meter_s / n * 1e6,
+        **meter_us,
+        "chunk_us": (meter_us["meter_stream_us"] - meter_us["meter_sse_us"]) / (SSE_EVENTS - 1),
         "ledger_us": ledger_s / max(booked, 1) * 1e6,
         "suspended": SUSPENDED[0],
     }
@@ -305,7 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = asyncio.run(amain(ns, url, key, work))
         finally:
             redis.stop()
-    cols = ("noop_us", "gate_us", "meter_us", "ledger_us")
+    cols = (
+        "noop_us",
+        "gate_us",
+        "meter_us",
+        "ledger_us",
+        "meter_sse_us",
+        "meter_stream_us",
+        "chunk_us",
+    )
     print(
         f"{'pass':>4} {'requests':>8} "
         + " ".join(f"{c:>10}" for c in cols)
