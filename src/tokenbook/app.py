@@ -16,6 +16,7 @@ Drain on SIGTERM / SIGINT, like a runbook:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping
@@ -200,8 +201,21 @@ class App:
             log.info("tokenbook stopped")
 
 
+def freeze_startup_objects() -> None:
+    """Move everything built so far out of the garbage collector's view, for good.
+
+    The start-up objects (the price catalogue, protobuf descriptors, compiled patterns: ~76,000
+    tracked objects) live as long as the process, yet every full collection walked them: one
+    took 47 ms, a pause in the middle of ext_proc streams. `gc.freeze` (CPython's advice for
+    long-running servers) takes them out; only what requests allocate is collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
     app = App(settings, environ)
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)

@@ -261,9 +261,10 @@ def _stop_all(workers: Sequence[_Worker], timeout_s: float) -> None:
 
 async def run_worker(settings: Settings, environ: Mapping[str, str], index: int) -> None:
     """One worker: `tokenbook serve` on its port, its custom metrics written for the supervisor."""
-    from tokenbook.app import App
+    from tokenbook.app import App, freeze_startup_objects
 
     app = App(settings, environ)
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
