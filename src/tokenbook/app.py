@@ -181,7 +181,6 @@ class App:
         finally:
             with suppress(Exception):
                 await self.ledger.drain(timeout_s=5.0)
-            self.ledger.stop()
             for task in self._tasks:
                 task.cancel()
             # A task cancelled while redis-py is still connecting can stay stuck in its cleanup;

@@ -117,10 +117,16 @@ class Ledger:
             asyncio.create_task(self._sweep(), name="tokenbook-ledger-sweep"),
         ]
         try:
-            await asyncio.gather(*tasks)
+            # `wait`, not `gather`: a cancelled gather cancels its tasks, the writer included,
+            # and the writer must be stopped, not cancelled (see `LedgerWriter.stop`).
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:
+                    raise exc
         finally:
-            # The writer is asked to stop, not cancelled (see `LedgerWriter.stop`); it gets
-            # a moment to finish the step it is in, and is cancelled only if it does not.
+            # The writer gets a moment to finish the step it is in, and is cancelled only if
+            # it does not; the other tasks are cancelled at once.
             self.writer.stop()
             for t in tasks[1:]:
                 t.cancel()
@@ -133,10 +139,6 @@ class Ledger:
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         await self.writer.drain(timeout_s)
-
-    def stop(self) -> None:
-        """Shutdown: the writer returns after its current step (call after `drain`)."""
-        self.writer.stop()
 
     async def aclose(self) -> None:
         for client in (self._writer_redis, self._gate_redis):
