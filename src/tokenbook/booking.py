@@ -104,25 +104,24 @@ class Booker:
         self._wall = wall
         self._series: dict[tuple[str, ...], _Series] = {}
 
-    def _series_for(self, b: Booking) -> tuple[_Series, dict[str, str] | None]:
-        """The booking's series, and its guarded attribution labels when freshly resolved."""
+    def _series_for(self, b: Booking) -> _Series:
+        """The booking's series: its guarded labels and metric children."""
         m = self._m
         a = b.attribution
         key = (b.provider, b.model, *[a.get(n, "unattributed") for n in m.attribution_labels])
         found = self._series.get(key)
         if found is not None:
-            return found, None
+            return found
         model = m.guard("model", b.model)
         provider = m.guard("provider", b.provider)
-        attr = self._labels(a)
-        series = _Series(m, provider, model, tuple(attr.values()))
+        series = _Series(m, provider, model, tuple(self._labels(a).values()))
         # A label that overflowed must be counted in tokenbook_label_overflow_total at every
         # booking: such a series is not remembered.
         if OVERFLOW_VALUE not in (model, *series.attr):
             if len(self._series) >= _SERIES_MAX:
                 self._series.clear()
             self._series[key] = series
-        return series, attr
+        return series
 
     def _labels(self, attribution: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -133,7 +132,7 @@ class Booker:
     def book(self, b: Booking) -> Booked:
         m = self._m
         tally = m.tally.add  # increments are applied in batches (`metrics.instruments.Tally`)
-        series, _ = self._series_for(b)
+        series = self._series_for(b)
         provider, model, attr_values = series.provider, series.model, series.attr
         usage = b.extraction.usage
         tokens = dict(usage.items())

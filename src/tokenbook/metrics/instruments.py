@@ -27,9 +27,9 @@ _M = TypeVar("_M", bound=MetricWrapperBase)
 _LABEL_VALUE_MAX = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 
-# LLM requests last from milliseconds (cached embeddings) to minutes (long reasoning streams).
 log = logging.getLogger(__name__)
 
+# LLM requests last from milliseconds (cached embeddings) to minutes (long reasoning streams).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30, 60)
 
