@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,10 +19,10 @@ import openai
 import pytest
 import redis
 
-from tests.e2e.conftest import _transports, issue_key, sample
+from tests.e2e.conftest import _transports, issue_key, sample, tokenbook_cli
 from tokenbook.ledger.keyspace import Keyspace
 from tokenbook.ledger.periods import format_usd, period_of, to_micro
-from tokenbook.testing.stack import Stack, executable
+from tokenbook.testing.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +46,6 @@ def budget_stack(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> 
     s.start()
     yield s
     s.stop()
-
-
-def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [executable("tokenbook"), *args, "--redis-url", stack.redis_url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def _ledger(stack: Stack, key_id: str) -> list[dict[bytes, bytes]]:
@@ -170,14 +160,14 @@ def test_suspending_an_agent_takes_effect_within_a_second(budget_stack: Stack) -
         return 200
 
     assert call() == 200
-    done = _cli(stack, "agents", "suspend", "rogue-bot", "--reason", "e2e drill")
+    done = tokenbook_cli(stack, "agents", "suspend", "rogue-bot", "--reason", "e2e drill")
     assert done.returncode == 0, done.stderr
     suspended_at = time.monotonic()
     while call() != 403:
         assert time.monotonic() - suspended_at < 2, "suspension not applied"
         time.sleep(0.02)
     took = time.monotonic() - suspended_at
-    done = _cli(stack, "agents", "resume", "rogue-bot")
+    done = tokenbook_cli(stack, "agents", "resume", "rogue-bot")
     assert done.returncode == 0, done.stderr
     resumed_at = time.monotonic()
     while call() != 200:

@@ -16,10 +16,8 @@ import redis.asyncio as aioredis
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from tests.extproc.test_processors import _gate, _headers, request_headers_msg
+from tests.extproc.test_processors import _gate, _headers, _issue, request_headers_msg
 from tokenbook.app import App, Running
-from tokenbook.attribution.model import Attribution
-from tokenbook.attribution.registry import KeyRegistry
 from tokenbook.ledger.budgets import BudgetStore
 from tokenbook.ledger.keyspace import Keyspace
 from tokenbook.ledger.periods import period_of, to_micro
@@ -71,19 +69,6 @@ async def _until(check: Callable[[], object], within_s: float = 5.0) -> float:
             return time.monotonic() - started
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met in time")
-
-
-async def _issue(redis_url: str, **kw: object) -> tuple[str, str]:
-    client = aioredis.from_url(redis_url)
-    try:
-        key, record = await KeyRegistry(client).issue(
-            Attribution(owner="alice", team="search", agent="crawler", workload="indexing"),
-            created_by="test",
-            **kw,  # type: ignore[arg-type]
-        )
-    finally:
-        await client.aclose()
-    return key, record.key_id
 
 
 async def _meter(port: int, gate_answer: pb.ProcessingResponse, rid: str, body: bytes) -> None:

@@ -75,12 +75,14 @@ async def app(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[R
     await asyncio.wait_for(task, 10)
 
 
-async def _issue(redis_url: str) -> tuple[str, str]:
+async def _issue(redis_url: str, **kw: object) -> tuple[str, str]:
+    """A key for alice/search/crawler/indexing; ``kw`` goes to `KeyRegistry.issue` (budgets)."""
     client = aioredis.from_url(redis_url)
     try:
         key, record = await KeyRegistry(client).issue(
             Attribution(owner="alice", team="search", agent="crawler", workload="indexing"),
             created_by="test",
+            **kw,  # type: ignore[arg-type]
         )
     finally:
         await client.aclose()
