@@ -7,10 +7,10 @@ Why: `make bench` measures the whole process under Envoy, where tokenbook's logi
 among framing, syscalls and the event loop, and every run takes minutes. This drives the very
 objects `tokenbook serve` builds (`tokenbook.app.App`: gate, meter, booker, pricer, metrics,
 ledger writer to a real `redis-server` on a free port) with the protobuf messages Envoy sends for
-one JSON chat request (gate: request headers + buffered body; meter: request headers,
-response headers, the response body), as serialized bytes, and answers serialized back; so the
-figure is comparable with the no-op processor's, which this also measures (parse every message,
-answer the same phases with empty answers).
+one JSON chat request (gate: request headers + buffered body; meter: response headers with
+the request as attributes, the response body), as serialized bytes, and answers serialized
+back; so the figure is comparable with the no-op processor's, which this also measures
+(parse every message, answer the same phases with empty answers).
 
 Per request, reported separately (process CPU time, `time.process_time`):
 - ``noop``: parse + empty answers (the transport-independent part of the no-op processor);
@@ -72,6 +72,22 @@ def attributes(request_id: str) -> dict[str, struct_pb2.Struct]:
     return {ATTRS: s}
 
 
+def meter_attributes(request_id: str) -> dict[str, struct_pb2.Struct]:
+    """The meter's `response_attributes` as Envoy 1.40 sends them (measured)."""
+    s = struct_pb2.Struct()
+    s.update(
+        {
+            "xds.route_name": "openai",
+            "request.id": request_id,
+            "request.path": "/openai/v1/chat/completions",
+            "request.method": "POST",
+            "request.time": "2026-12-03T22:33:23.827313+00:00",
+            "response.code_details": "via_upstream",
+        }
+    )
+    return {ATTRS: s}
+
+
 def request_headers(key: str, request_id: str) -> list[tuple[str, str]]:
     """What Envoy 1.40 sends for a wrk POST (the order and the set it forwards)."""
     return [
@@ -100,7 +116,7 @@ def response_headers(body: bytes, content_type: str) -> list[tuple[str, str]]:
 
 
 class Messages:
-    """One request's five ext_proc messages, serialized, with a fresh request id each time."""
+    """One request's four ext_proc messages, serialized, with a fresh request id each time."""
 
     def __init__(self, key: str, body: bytes) -> None:
         self.key = key
@@ -124,23 +140,18 @@ class Messages:
         chunks: list[bytes] | None = None,
         content_type: str = "application/json",
     ) -> list[bytes]:
-        # What the meter sees: the headers after the gate's mutations, its dynamic metadata.
+        # What the shipped meter config sees (no request-headers phase): the response
+        # headers with the request as response attributes, and the gate's dynamic metadata.
         bodies = chunks if chunks is not None else [self.body]
-        headers = [(k, v) for k, v in request_headers(self.key, rid) if k != "authorization"]
-        headers += [("x-tokenbook-key-id", "k"), ("x-tokenbook-owner", "bench")]
         meta = base_pb2.Metadata()
         meta.filter_metadata["tokenbook"].CopyFrom(metadata)
         common: dict[str, Any] = {"observability_mode": True, "metadata_context": meta}
         return [
             pb.ProcessingRequest(
-                request_headers=pb.HttpHeaders(headers=header_map(headers)),
-                attributes=attributes(rid),
-                **common,
-            ).SerializeToString(),
-            pb.ProcessingRequest(
                 response_headers=pb.HttpHeaders(
                     headers=header_map(response_headers(b"".join(bodies), content_type))
                 ),
+                attributes=meter_attributes(rid),
                 **common,
             ).SerializeToString(),
             *(

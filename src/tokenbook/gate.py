@@ -187,12 +187,14 @@ class Gate:
             admission_id = verdict.admission_id
         set_headers = attribution_headers(subject)
         remove = client_attribution_headers(req.headers)
+        path = req.raw_path
         if key is not None and where is not None and parse_key_id(key) is not None:
             # A tokenbook key never leaves the gateway (every header carrying it is removed, and
             # a query key is cut from the path); provider keys pass through unchanged.
             remove.extend(headers_carrying(req.headers, key))
             if where == QUERY or key in req.query:
-                set_headers.append((":path", _without_query_key(req.raw_path)))
+                path = _without_query_key(req.raw_path)
+                set_headers.append((":path", path))
             credential = self._credential_for(provider, record)
             if credential is not None:
                 try:
@@ -208,6 +210,10 @@ class Gate:
             "provider": provider,
             "request_id": req.request_id,
             "admitted_at": f"{self._wall():.6f}",
+            # The path as it leaves the gate (route prefix kept): the meter sees no request
+            # headers, and Envoy's `request.path` attribute is rewritten by then for routes
+            # with a `prefix_rewrite` (measured).
+            "path": path,
         }
         if admission_id:
             metadata["admission_id"] = admission_id

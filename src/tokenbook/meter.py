@@ -2,7 +2,9 @@
 
 One `MeterSession` per ext_proc stream (per HTTP request), plain Python values only. The extproc
 layer calls the `on_*` methods in Envoy's order and `close()` when the gRPC stream ends for any
-reason; a session books exactly once:
+reason. `on_request_headers` comes from the request-headers message where Envoy sends one, and
+otherwise (the shipped config) from the response-headers message's attributes, just before
+`on_response_headers`. A session books exactly once:
 
 - at the end-of-stream body message (or response headers with end_of_stream) -> normal booking;
 - at `close()` without an end-of-stream -> the stream was cut: booked as ``aborted`` with what
@@ -36,11 +38,13 @@ class MeterSession:
         max_json_bytes: int,
         dialects: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._booker = booker
         self._max_json = max_json_bytes
         self._dialects = dialects or {}
         self._clock = clock
+        self._wall_clock = wall_clock
         self._started = clock()
         self._first_byte: float | None = None
         self._last_byte: float | None = None
@@ -52,8 +56,16 @@ class MeterSession:
         self._admission_id = ""
         self.booked = False
 
-    def on_request_headers(self, req: RequestInfo, metadata: Mapping[str, str]) -> None:
+    def on_request_headers(
+        self, req: RequestInfo, metadata: Mapping[str, str], *, started_wall: float | None = None
+    ) -> None:
+        """The request; `started_wall` is when it began (epoch seconds), when that is earlier
+        than this call: a meter that first hears of a request with its response headers."""
         self._req = req
+        if started_wall is not None:
+            # Durations stay on the monotonic clock; only the start is carried over. A start
+            # in the future (clock skew between hosts) counts as now.
+            self._started = self._clock() - max(0.0, self._wall_clock() - started_wall)
         # Attribution comes only from the gate's dynamic metadata: clients cannot set it.
         self._attribution = {
             name: str(metadata.get(name) or "unattributed") for name in _ATTRIBUTION_FIELDS

@@ -11,7 +11,7 @@ from tokenbook.requestinfo import METADATA_NAMESPACE
 _names = st.sampled_from(["x-tokenbook-key-id", "x-tokenbook-owner", ":path", "authorization"])
 _values = st.text(min_size=0, max_size=12)
 _meta_keys = st.sampled_from(
-    ["key_id", "owner", "team", "provider", "request_id", "admitted_at", "admission_id"]
+    ["key_id", "owner", "team", "provider", "request_id", "admitted_at", "admission_id", "path"]
 )
 
 
@@ -20,7 +20,7 @@ _meta_keys = st.sampled_from(
     set_headers=st.lists(st.tuples(_names, _values), max_size=4),
     remove=st.lists(st.sampled_from(["x-api-key", "x-tokenbook-team", "cookie"]), max_size=3),
     metadata=st.dictionaries(_meta_keys, _values, max_size=7),
-    again=st.dictionaries(st.sampled_from(["request_id", "admitted_at"]), _values),
+    again=st.dictionaries(st.sampled_from(["request_id", "admitted_at", "path"]), _values),
 )
 def test_template_answers_equal_fresh_ones(
     set_headers: list[tuple[str, str]],

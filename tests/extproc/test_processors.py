@@ -171,22 +171,67 @@ async def test_gate_refuses_unknown_key_with_openai_error(app: Running) -> None:
     assert denied == 1.0
 
 
-async def test_meter_books_sse_and_ends_the_rpc_itself(app: Running, corpus_dir: object) -> None:
+def response_headers_msg(
+    pairs: Sequence[tuple[str, str]],
+    attributes: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> pb.ProcessingRequest:
+    """The meter's first message as the shipped config has it (no request-headers phase):
+    response headers, the request as `response_attributes`, the gate's metadata."""
+    msg = pb.ProcessingRequest(response_headers=_headers(pairs), observability_mode=True)
+    if attributes is not None:
+        msg.attributes["envoy.filters.http.ext_proc"].update(attributes)
+    if metadata is not None:
+        msg.metadata_context.filter_metadata["tokenbook"].update(metadata)
+    return msg
+
+
+async def _meter(port: int, msgs: Sequence[pb.ProcessingRequest]) -> grpc.StatusCode:
+    """Play Envoy's meter stream; the server must end the RPC itself (no half-close)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process(
+            metadata=(("x-tokenbook-filter", "meter"),)
+        )
+        for m in msgs:
+            await call.write(m)
+        # No answers in observability mode; the server ends the RPC without our half-close.
+        assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
+        code: grpc.StatusCode = await call.code()
+        return code
+
+
+ATTRIBUTION = {"key_id": "k1", "owner": "o", "team": "t", "agent": "a", "workload": "w"}
+SSE_HEADERS = [(":status", "200"), ("content-type", "text/event-stream")]
+
+
+@pytest.mark.parametrize("config", ["response_attributes", "request_headers"])
+async def test_meter_books_sse_and_ends_the_rpc_itself(
+    app: Running, corpus_dir: object, config: str
+) -> None:
+    """Both meter configs: the shipped one (the request comes as response attributes) and
+    one rendered before it (a request-headers message first)."""
     from pathlib import Path
 
     body = (Path(str(corpus_dir)) / "openai/chat/stream_include_usage_reasoning.sse").read_bytes()
-    meta = struct_pb2.Struct()
-    meta.update({"key_id": "k1", "owner": "o", "team": "t", "agent": "a", "workload": "w"})
-    first = request_headers_msg("openai", "/openai/v1/chat/completions", [])
-    first.metadata_context.filter_metadata["tokenbook"].CopyFrom(meta)
-    first.observability_mode = True
-    msgs = [
-        first,
-        pb.ProcessingRequest(
-            response_headers=_headers([(":status", "200"), ("content-type", "text/event-stream")]),
-            observability_mode=True,
-        ),
-    ]
+    if config == "request_headers":
+        meta = struct_pb2.Struct()
+        meta.update(ATTRIBUTION)
+        first = request_headers_msg("openai", "/openai/v1/chat/completions", [])
+        first.metadata_context.filter_metadata["tokenbook"].CopyFrom(meta)
+        first.observability_mode = True
+        msgs = [first, pb.ProcessingRequest(response_headers=_headers(SSE_HEADERS))]
+    else:
+        attributes = {
+            "xds.route_name": "openai",
+            "request.id": "rid-1",
+            # what Envoy reports after a prefix_rewrite: the gate's `path` wins
+            "request.path": "/upstream-base/v1/chat/completions",
+            "request.method": "POST",
+            "request.time": "2026-12-03T22:33:23.827313+00:00",
+            "response.code_details": "via_upstream",
+        }
+        meta = {**ATTRIBUTION, "path": "/openai/v1/chat/completions"}
+        msgs = [response_headers_msg(SSE_HEADERS, attributes, meta)]
     step = 211
     for i in range(0, len(body), step):
         msgs.append(
@@ -195,15 +240,7 @@ async def test_meter_books_sse_and_ends_the_rpc_itself(app: Running, corpus_dir:
             )
         )
     msgs.append(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
-        call = pb_grpc.ExternalProcessorStub(ch).Process(
-            metadata=(("x-tokenbook-filter", "meter"),)
-        )
-        for m in msgs:
-            await call.write(m)
-        # No answers in observability mode; the server ends the RPC without our half-close.
-        assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
-        assert await call.code() == grpc.StatusCode.OK
+    assert await _meter(app.grpc_port, msgs) == grpc.StatusCode.OK
     labels = {
         "token_type": "reasoning",
         "provider": "openai",
@@ -218,6 +255,51 @@ async def test_meter_books_sse_and_ends_the_rpc_itself(app: Running, corpus_dir:
     reg = app.metrics.registry
     assert reg.get_sample_value("tokenbook_tokens_total", labels) == 100.0
     assert reg.get_sample_value("tokenbook_tokens_total", {**labels, "token_type": "input"}) == 12.0
+
+
+def _requests_booked(app: Running) -> float:
+    return sum(
+        s.value
+        for metric in app.metrics.registry.collect()
+        if metric.name == "tokenbook_requests"
+        for s in metric.samples
+        if s.name == "tokenbook_requests_total"
+    )
+
+
+@pytest.mark.parametrize(
+    ("attributes", "error_kind"),
+    [
+        # the gate refused it (its immediate response) and booked the refusal itself
+        (
+            {
+                "xds.route_name": "openai",
+                "request.id": "rid-refused",
+                "response.code_details": "tokenbook_gate_refused",
+            },
+            None,
+        ),
+        # not a tokenbook route
+        ({"xds.route_name": "somewhere_else", "request.id": "rid-x"}, None),
+        # a meter filter configured without response_attributes: counted, never silent
+        (None, "no_attributes"),
+    ],
+)
+async def test_meter_ends_at_once_what_it_does_not_book(
+    app: Running, attributes: dict[str, str] | None, error_kind: str | None
+) -> None:
+    errors = {"role": "meter", "kind": "no_attributes"}
+    reg = app.metrics.registry
+    booked_before = _requests_booked(app)
+    errors_before = reg.get_sample_value("tokenbook_extproc_errors_total", errors) or 0.0
+    # Only the response headers: the server must end the RPC without waiting for the body.
+    first = response_headers_msg([(":status", "401"), ("content-type", "application/json")])
+    if attributes is not None:
+        first.attributes["envoy.filters.http.ext_proc"].update(attributes)
+    assert await _meter(app.grpc_port, [first]) == grpc.StatusCode.OK
+    assert _requests_booked(app) == booked_before
+    errors_after = reg.get_sample_value("tokenbook_extproc_errors_total", errors) or 0.0
+    assert errors_after - errors_before == (1.0 if error_kind else 0.0)
 
 
 async def test_meter_books_a_cut_stream_as_aborted(app: Running, corpus_dir: object) -> None:

@@ -14,6 +14,7 @@ import yaml
 from tokenbook.envoyconfig.filters import (
     GATE_MODE,
     METADATA_NAMESPACE,
+    METER_ATTRIBUTES,
     METER_MODE,
     REQUEST_ATTRIBUTES,
 )
@@ -110,9 +111,9 @@ def test_extension_policy_has_the_gate_then_the_meter(docs: list[dict[str, Any]]
             assert body is None or body in BODY_MODES
         assert set(entry["metadata"]) <= METADATA_FIELDS
         assert set(entry["backendSettings"]["circuitBreaker"]) <= CIRCUIT_BREAKER_FIELDS
-        # the provider from the route name, the request id, as the shipped filters ask
-        assert tuple(mode["request"]["attributes"]) == REQUEST_ATTRIBUTES
         assert entry["messageTimeout"] == "1s"
+    # the provider from the route name, the request id, as the shipped filters ask
+    assert tuple(gate["processingMode"]["request"]["attributes"]) == REQUEST_ATTRIBUTES
 
     # gate: request headers only, in the path, fails closed, writes the attribution
     assert gate["failOpen"] is False
@@ -129,7 +130,10 @@ def test_extension_policy_has_the_gate_then_the_meter(docs: list[dict[str, Any]]
     assert meter["shadowMode"] is True
     assert meter["processingMode"]["response"]["body"] == "Streamed"
     assert METER_MODE["response_body_mode"] == "STREAMED"
-    assert "body" not in meter["processingMode"]["request"]
+    # no request headers (METER_MODE skips them): the request comes as response attributes
+    assert "request" not in meter["processingMode"]
+    assert METER_MODE["request_header_mode"] == "SKIP"
+    assert tuple(meter["processingMode"]["response"]["attributes"]) == METER_ATTRIBUTES
     assert meter["metadata"] == {"accessibleNamespaces": [METADATA_NAMESPACE]}
     assert not meter["processingMode"].get("allowModeOverride")
 

@@ -344,7 +344,8 @@ def test_meter_config() -> None:
     assert meter["observability_mode"] is True
     assert meter["failure_mode_allow"] is True
     assert meter["processing_mode"] == {
-        "request_header_mode": "SEND",
+        # the request comes with the response headers, as attributes: one message less
+        "request_header_mode": "SKIP",
         "response_header_mode": "SEND",
         "request_body_mode": "NONE",
         "response_body_mode": "STREAMED",
@@ -352,7 +353,15 @@ def test_meter_config() -> None:
         "response_trailer_mode": "SKIP",
     }
     assert meter["metadata_options"] == {"forwarding_namespaces": {"untyped": ["tokenbook"]}}
-    assert meter["request_attributes"] == ["xds.route_name", "request.id"]
+    assert "request_attributes" not in meter
+    assert meter["response_attributes"] == [
+        "xds.route_name",
+        "request.id",
+        "request.path",
+        "request.method",
+        "request.time",
+        "response.code_details",
+    ]
     assert meter["deferred_close_timeout"] == "2s"  # < Envoy's 5 s default
 
 

@@ -33,6 +33,7 @@ from google.protobuf import json_format
 from tokenbook.envoyconfig.providers import PROVIDER_IDS
 from tokenbook.envoyconfig.render import EnvoyConfigOptions, render_bootstrap, to_yaml
 from tokenbook.envoyconfig.routes import NO_ROUTE_NAME
+from tokenbook.extproc.codec import GATE_REFUSED_DETAILS, epoch_seconds
 
 CORPUS_INDEX = Path(__file__).resolve().parents[1] / "corpus" / "index.jsonl"
 # Measured: the key is the filter's type name, not the configured `tokenbook.gate` name.
@@ -175,6 +176,7 @@ class _Processor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     status={"code": 401},
                     headers=pb.HeaderMutation(set_headers=[content_type]),
                     body=b'{"error":"denied"}',
+                    details=GATE_REFUSED_DETAILS,
                 )
             )
         mutation = pb.HeaderMutation(
@@ -385,14 +387,13 @@ def test_both_processors_learn_the_provider_from_the_route_name(
         lambda: {o.role for o in stack.processor.for_request(request_id)} == {"gate", "meter"},
         "both processors",
     )
-    headers_msgs = [
-        o for o in stack.processor.for_request(request_id) if o.phase == "request_headers"
-    ]
-    assert sorted(o.role for o in headers_msgs) == ["gate", "meter"]
-    for observed in headers_msgs:
+    # The gate reads them from its request headers, the meter from its response headers.
+    first = {o.role: o for o in reversed(stack.processor.for_request(request_id))}
+    assert (first["gate"].phase, first["meter"].phase) == ("request_headers", "response_headers")
+    for observed in first.values():
         assert observed.route_name == provider
         assert observed.request_id == request_id
-        assert "x-tokenbook-provider" not in observed.headers
+    assert "x-tokenbook-provider" not in first["gate"].headers
 
 
 def test_gate_mutations_and_metadata_reach_upstream_meter_and_access_log(stack: Stack) -> None:
@@ -417,9 +418,16 @@ def test_gate_mutations_and_metadata_reach_upstream_meter_and_access_log(stack: 
         "the meter's end-of-stream body",
     )
     meter = [o for o in stack.processor.for_request(request_id) if o.role == "meter"]
-    assert [o.phase for o in meter][:2] == ["request_headers", "response_headers"]
-    assert meter[0].headers["x-tokenbook-team"] == "team-a"  # the meter sees the gate's work
-    assert "x-tokenbook-owner" not in meter[0].headers
+    # No request headers for the meter: the request comes as response attributes.
+    assert meter[0].phase == "response_headers"
+    assert "request_headers" not in [o.phase for o in meter]
+    attrs = meter[0].ext_proc_attributes
+    assert attrs["request.path"] == got.path  # as it went upstream, after the gate
+    assert attrs["request.method"] == "POST"
+    assert attrs["response.code_details"] == "via_upstream"
+    started = epoch_seconds(str(attrs["request.time"]))
+    assert started is not None
+    assert abs(time.time() - started) < 30
     for observed in meter:  # forwarding_namespaces: on every message
         assert observed.metadata == {"filterMetadata": {"tokenbook": {"key_id": KEY_ID}}}
     gate = [o for o in stack.processor.for_request(request_id) if o.role == "gate"]
@@ -468,6 +476,15 @@ def test_gate_immediate_response_reaches_the_client_with_its_headers(stack: Stac
     assert (status, body) == (401, b'{"error":"denied"}')
     assert headers["content-type"] == "application/json"
     assert len(stack.seen) == before  # never forwarded
+    # The meter sees the refusal too; the immediate response's details tell it apart.
+    (gate,) = [o for o in stack.observed() if o.headers.get("x-test-deny") == "1"]
+    _wait_for(
+        lambda: any(o.role == "meter" for o in stack.processor.for_request(gate.request_id)),
+        "the meter's stream for the refused request",
+    )
+    (meter, *_) = [o for o in stack.processor.for_request(gate.request_id) if o.role == "meter"]
+    assert meter.phase == "response_headers"
+    assert meter.ext_proc_attributes["response.code_details"] == GATE_REFUSED_DETAILS
 
 
 def test_gate_mutation_outside_the_allowed_headers_is_an_error(stack: Stack) -> None:

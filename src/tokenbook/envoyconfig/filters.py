@@ -19,6 +19,14 @@ METADATA_NAMESPACE = "tokenbook"
 FILTER_ROLE_HEADER = "x-tokenbook-filter"
 # The processor reads the provider from the route name, never from a client header.
 REQUEST_ATTRIBUTES = ("xds.route_name", "request.id")
+METER_ATTRIBUTES = (
+    "xds.route_name",
+    "request.id",
+    "request.path",
+    "request.method",
+    "request.time",
+    "response.code_details",
+)
 # Headers the gate may set or remove. On the request it replaces client credentials
 # (authorization, x-api-key, api-key, x-goog-api-key), injects the attribution headers, may
 # strip a `key=` query parameter (:path) and may rewrite a buffered body, and then it must set
@@ -61,7 +69,7 @@ GATE_MODE: Mapping[str, str] = {
     "response_trailer_mode": "SKIP",
 }
 METER_MODE: Mapping[str, str] = {
-    "request_header_mode": "SEND",
+    "request_header_mode": "SKIP",
     "response_header_mode": "SEND",
     "request_body_mode": "NONE",
     "response_body_mode": "STREAMED",
@@ -131,7 +139,7 @@ def meter_filter(*, failure_mode_allow: bool, message_timeout_ms: int) -> Json:
             "failure_mode_allow": failure_mode_allow,
             "message_timeout": duration(message_timeout_ms),
             "processing_mode": dict(METER_MODE),
-            "request_attributes": list(REQUEST_ATTRIBUTES),
+            "response_attributes": list(METER_ATTRIBUTES),
             # The gate's attribution arrives on every message to the meter.
             "metadata_options": {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}},
             # The processor ends each RPC right after the end-of-stream body; this only bounds

@@ -7,6 +7,7 @@ from here is a str / bytes / tuple / dict.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -17,6 +18,9 @@ from tokenbook.providers import ErrorReply
 from tokenbook.requestinfo import METADATA_NAMESPACE, RequestInfo
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
+# The `details` of the gate's immediate responses. Envoy makes it the response code details,
+# which is how the meter (it sees those responses too) tells the gate's refusals apart.
+GATE_REFUSED_DETAILS = "tokenbook_gate_refused"
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -109,6 +113,36 @@ def request_info(
     )
 
 
+def request_info_of_attributes(
+    attributes: Mapping[str, str], metadata: Mapping[str, str], provider: str | None
+) -> RequestInfo:
+    """The request as the meter's response attributes (`METER_ATTRIBUTES`) and the gate's
+    metadata describe it.
+
+    The path is the gate's (`path` metadata: route prefix kept, a tokenbook ``key=`` cut).
+    By the response, Envoy's `request.path` is the path sent upstream, after any
+    `prefix_rewrite` (measured); it serves only when the gate let the request through without
+    metadata (a gate that failed open).
+    """
+    return RequestInfo(
+        route_name=attributes.get("xds.route_name", ""),
+        provider=provider,
+        method=attributes.get("request.method", ""),
+        raw_path=metadata.get("path") or attributes.get("request.path", ""),
+        request_id=attributes.get("request.id", "") or metadata.get("request_id", ""),
+    )
+
+
+def epoch_seconds(timestamp: str) -> float | None:
+    """Envoy's ``request.time`` attribute (RFC 3339, ``2026-12-03T22:33:23.827313+00:00``)."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
 def _header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=name, raw_value=value.encode("utf-8")),
@@ -118,7 +152,9 @@ def _header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 # Dynamic metadata that differs on every request; the rest (attribution, provider) is the same
 # for every request of one key, and goes into the cached template below.
-_PER_REQUEST_METADATA = frozenset({"request_id", "admitted_at", "admission_id", "request_model"})
+_PER_REQUEST_METADATA = frozenset(
+    {"request_id", "admitted_at", "admission_id", "request_model", "path"}
+)
 _TEMPLATES_MAX = 4096
 _templates: dict[tuple[object, ...], bytes] = {}
 
@@ -180,6 +216,6 @@ def immediate(reply: ErrorReply) -> pb.ProcessingResponse:
             status=http_status_pb2.HttpStatus(code=reply.status),
             headers=pb.HeaderMutation(set_headers=[_header_option(k, v) for k, v in reply.headers]),
             body=reply.body,
-            details="tokenbook_gate_refused",
+            details=GATE_REFUSED_DETAILS,
         )
     )

@@ -14,7 +14,9 @@ configs set, falling back to the message's ``observability_mode`` flag.
   an immediate error response). For OpenAI-style chat routes it also asks for the buffered
   request body with ``mode_override`` and answers it (adding ``include_usage``).
 - `MeterStream` answers nothing (observability mode: answers are ignored) and feeds a
-  `MeterSession`.
+  `MeterSession`. Its first message is the response headers (the shipped config skips the
+  request headers); it ends at once the RPCs of responses it does not book (the gate's
+  refusals, routes tokenbook does not know).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from tokenbook.booking import Booker
+from tokenbook.envoyconfig.filters import METER_ATTRIBUTES
 from tokenbook.extproc import codec
 from tokenbook.gate import Admit, Gate
 from tokenbook.meter import MeterSession
@@ -140,6 +143,7 @@ class MeterStream:
         self._session = owner.new_meter_session()
         self.done = False
         self._closed = False
+        self._request_seen = False
         owner.metrics.tally.add(owner.open_meter)
 
     async def on_message(self, msg: pb.ProcessingRequest) -> None:
@@ -154,6 +158,8 @@ class MeterStream:
             session.on_response_body(body.body, end_of_stream=body.end_of_stream)
             return bool(body.end_of_stream)
         if which == "response_headers":
+            if not self._request_seen and not self._begin(msg):
+                return True  # nothing to book: end the RPC rather than read the body
             rh = msg.response_headers
             headers = codec.headers_of(rh)
             status = 0
@@ -168,11 +174,45 @@ class MeterStream:
             provider = self._p.provider_for_route(attrs.get("xds.route_name", ""))
             req = codec.request_info(codec.request_line_of(msg.request_headers), attrs, provider)
             session.on_request_headers(req, codec.metadata_of(msg))
+            self._request_seen = True
             return False
         if which == "response_trailers":
             session.on_response_body(b"", end_of_stream=True)
             return True
         return False
+
+    def _begin(self, msg: pb.ProcessingRequest) -> bool:
+        """Learn the request from the response-headers message; False: nothing to book.
+
+        The shipped meter skips the request-headers phase (one message less per request) and
+        asks for the request's route, id, path, method and start time as response attributes
+        instead. Configs rendered before that still send request headers, handled above.
+        """
+        attrs = codec.attributes_of(msg)
+        if "xds.route_name" not in attrs:
+            # A meter filter without `response_attributes`: every response would go unbooked.
+            self._p.metrics.extproc_errors.labels(role="meter", kind="no_attributes").inc()
+            if not self._p.warned_no_attributes:
+                self._p.warned_no_attributes = True
+                log.warning(
+                    "the meter got response headers without the request's attributes; render "
+                    "the Envoy config with `tokenbook envoy-config` (response_attributes: %s)",
+                    ", ".join(METER_ATTRIBUTES),
+                )
+            return False
+        if attrs.get("response.code_details") == codec.GATE_REFUSED_DETAILS:
+            return False  # the gate refused the request and booked the refusal itself
+        provider = self._p.provider_for_route(attrs["xds.route_name"])
+        if provider is None:
+            return False
+        metadata = codec.metadata_of(msg)
+        self._session.on_request_headers(
+            codec.request_info_of_attributes(attrs, metadata, provider),
+            metadata,
+            started_wall=codec.epoch_seconds(attrs.get("request.time", "")),
+        )
+        self._request_seen = True
+        return True
 
     def close(self) -> None:
         if self._closed:
@@ -204,6 +244,7 @@ class Processors:
         self.provider_for_route = provider_for_route
         self.booker = booker
         self.metrics = metrics
+        self.warned_no_attributes = False
         self.open_gate = metrics.extproc_open_streams.labels(role="gate")
         self.open_meter = metrics.extproc_open_streams.labels(role="meter")
         self._count_gate = metrics.extproc_streams.labels(role="gate")
