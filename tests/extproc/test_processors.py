@@ -230,8 +230,8 @@ async def test_meter_books_sse_and_ends_the_rpc_itself(
             "request.time": "2026-12-03T22:33:23.827313+00:00",
             "response.code_details": "via_upstream",
         }
-        meta = {**ATTRIBUTION, "path": "/openai/v1/chat/completions"}
-        msgs = [response_headers_msg(SSE_HEADERS, attributes, meta)]
+        gate_metadata = {**ATTRIBUTION, "path": "/openai/v1/chat/completions"}
+        msgs = [response_headers_msg(SSE_HEADERS, attributes, gate_metadata)]
     step = 211
     for i in range(0, len(body), step):
         msgs.append(

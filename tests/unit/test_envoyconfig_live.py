@@ -478,11 +478,12 @@ def test_gate_immediate_response_reaches_the_client_with_its_headers(stack: Stac
     assert len(stack.seen) == before  # never forwarded
     # The meter sees the refusal too; the immediate response's details tell it apart.
     (gate,) = [o for o in stack.observed() if o.headers.get("x-test-deny") == "1"]
+    request_id = str(gate.request_id)
     _wait_for(
-        lambda: any(o.role == "meter" for o in stack.processor.for_request(gate.request_id)),
+        lambda: any(o.role == "meter" for o in stack.processor.for_request(request_id)),
         "the meter's stream for the refused request",
     )
-    (meter, *_) = [o for o in stack.processor.for_request(gate.request_id) if o.role == "meter"]
+    (meter, *_) = [o for o in stack.processor.for_request(request_id) if o.role == "meter"]
     assert meter.phase == "response_headers"
     assert meter.ext_proc_attributes["response.code_details"] == GATE_REFUSED_DETAILS
 
