@@ -210,10 +210,11 @@ class Gate:
             "provider": provider,
             "request_id": req.request_id,
             "admitted_at": f"{self._wall():.6f}",
-            # The path as it leaves the gate (route prefix kept): the meter sees no request
-            # headers, and Envoy's `request.path` attribute is rewritten by then for routes
-            # with a `prefix_rewrite` (measured).
-            "path": path,
+            # The path for the meter (route prefix kept): it sees no request headers, and
+            # Envoy's `request.path` attribute is rewritten by then for routes with a
+            # `prefix_rewrite` (measured). Never a `key=` parameter, not even a provider's
+            # key passing through: dynamic metadata can end up in access logs.
+            "path": _without_query_key(path) if "key" in req.query else path,
         }
         if admission_id:
             metadata["admission_id"] = admission_id

@@ -86,6 +86,29 @@ async def test_query_key_is_cut_from_the_path() -> None:
     )
     assert isinstance(d, Admit)
     assert dict(d.set_headers)[":path"] == "/gemini/v1beta/models/m:generateContent?alt=sse"
+    # the meter's path (it sees no request headers) is the one that went on
+    assert d.metadata["path"] == "/gemini/v1beta/models/m:generateContent?alt=sse"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/openai/v1/chat/completions", "/openai/v1/chat/completions"),
+        ("/azure_openai/x?api-version=2024-10-21", "/azure_openai/x?api-version=2024-10-21"),
+        # a provider key passing through (unknown keys allowed) stays out of the metadata,
+        # which access logs can print
+        (
+            "/gemini/v1beta/models/m:streamGenerateContent?key=AIzaPROVIDER&alt=sse",
+            "/gemini/v1beta/models/m:streamGenerateContent?alt=sse",
+        ),
+    ],
+)
+async def test_the_meters_path_in_the_metadata_never_holds_a_key(path: str, expected: str) -> None:
+    gate = _gate({}, GatePolicy(unknown_keys="allow"))
+    d = await gate.decide(_req([], path=path, provider=path.split("/")[1]))
+    assert isinstance(d, Admit)
+    assert d.metadata["path"] == expected
+    assert "AIza" not in "".join(d.metadata.values())
 
 
 @pytest.mark.parametrize(
