@@ -170,3 +170,104 @@ def _pct(s: Mapping[str, float] | None) -> str:
     if s is None:
         return "–"
     return f"{100 * s['median']:.1f}%"
+
+
+# Issue 6's targets, each checked against this run's own numbers (not against a stored
+# baseline): the no-op is measured in the same passes, so the verdicts hold for this machine.
+RATIO_TARGET = 1.15  # tokenbook / no-op, ext_proc CPU per request, same transport and phases
+TRANSPORT_JSON_US = 250.0  # the no-op's CPU per JSON request (gate + meter streams)
+TRANSPORT_CHUNK_US = 40.0  # the no-op's CPU per further streamed chunk
+TTFB_ADDED_MS = 0.5  # tokenbook's p50 time to first byte minus plain Envoy's, one stream
+
+
+def _median(s: Mapping[str, float] | None) -> float | None:
+    return None if s is None else s["median"]
+
+
+def targets(
+    summary: Mapping[str, Mapping[str, Any]],
+    ratio_rows: Sequence[Mapping[str, Any]],
+    ttfb: Sequence[Mapping[str, Any]],
+    *,
+    transport: str,
+    stream_events: int,
+) -> list[dict[str, Any]]:
+    """One row per target: ``target``, ``measured`` (text), ``met`` (True, False, or None when
+    this run did not measure it, e.g. a workload left out)."""
+    tb, noop = f"tokenbook-{transport}", f"noop-{transport}"
+
+    def cpu(workload: str, setup: str) -> float | None:
+        return _median(summary.get(workload, {}).get(setup, {}).get("extproc_cpu_us"))
+
+    rows: list[dict[str, Any]] = []
+    worst: tuple[float, str] | None = None
+    parts = []
+    for r in ratio_rows:
+        if r["ratio"] == f"{tb} / {noop}" and r.get("extproc_cpu_us"):
+            value = r["extproc_cpu_us"]["median"]
+            parts.append(f"{r['workload']} {value:.2f}×")
+            worst = max(worst or (value, ""), (value, r["workload"]))
+    rows.append(
+        {
+            "target": f"tokenbook ≤ {RATIO_TARGET}× the no-op ({transport}, ext_proc CPU/req)",
+            "measured": ", ".join(parts) or "–",
+            "met": None if worst is None else worst[0] <= RATIO_TARGET,
+        }
+    )
+    json_us = cpu("json_c32", noop)
+    rows.append(
+        {
+            "target": f"transport ≤ {TRANSPORT_JSON_US:.0f} µs per JSON request (no-op, json_c32)",
+            "measured": "–" if json_us is None else f"{json_us:.0f} µs",
+            "met": None if json_us is None else json_us <= TRANSPORT_JSON_US,
+        }
+    )
+    stream_us, sse_us = cpu("stream_c32", noop), cpu("sse_c32", noop)
+    chunk_us = (
+        None
+        if stream_us is None or sse_us is None
+        else (stream_us - sse_us) / max(1, stream_events - 1)
+    )
+    rows.append(
+        {
+            "target": f"transport ≤ {TRANSPORT_CHUNK_US:.0f} µs per further streamed chunk "
+            "(no-op: (stream_c32 − sse_c32) / further chunks)",
+            "measured": "–" if chunk_us is None else f"{chunk_us:.0f} µs",
+            "met": None if chunk_us is None else chunk_us <= TRANSPORT_CHUNK_US,
+        }
+    )
+    lost = [
+        s["lost"]["max"]
+        for by_setup in summary.values()
+        for name, s in by_setup.items()
+        if name == tb and s.get("lost") is not None
+    ]
+    rows.append(
+        {
+            "target": "0 observations lost (every run of every workload)",
+            "measured": "–" if not lost else f"{max(lost):.0f} in the worst run",
+            "met": None if not lost else max(lost) == 0,
+        }
+    )
+    p50 = {
+        t["setup"]: t["ttfb_p50_ms"]
+        for t in ttfb
+        if t["concurrency"] == 1 and t["ttfb_p50_ms"] is not None
+    }
+    added = p50[tb] - p50["plain"] if tb in p50 and "plain" in p50 else None
+    rows.append(
+        {
+            "target": f"≤ {TTFB_ADDED_MS} ms added p50 time to first byte (one stream, vs plain)",
+            "measured": "–" if added is None else f"+{added:.2f} ms",
+            "met": None if added is None else added <= TTFB_ADDED_MS,
+        }
+    )
+    return rows
+
+
+def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    return table(
+        ["target (issue 6)", "this run", "verdict"],
+        [[r["target"], r["measured"], verdict[r["met"]]] for r in rows],
+    )

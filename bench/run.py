@@ -802,6 +802,11 @@ def run(
     summary = report.summarise_load(runs)
     ratio_rows = report.ratios(runs, pairs)
     ttfb_summary = summarise_ttfb(ttfbs, names)
+    target_rows = {
+        t: report.targets(summary, ratio_rows, ttfb_summary, transport=t, stream_events=SSE_EVENTS)
+        for t in transports
+        if f"tokenbook-{t}" in names
+    }
     doc: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(),
@@ -825,6 +830,7 @@ def run(
         "summary": summary,
         "ratios": ratio_rows,
         "ttfb": ttfb_summary,
+        "targets": target_rows,
         "rss": rss,
         "profiles": profiles,
         "runs": runs,
@@ -997,6 +1003,16 @@ def render(doc: Mapping[str, Any]) -> str:
                 rows,
             ),
         ]
+    for transport, rows in doc.get("targets", {}).items():
+        parts += ["", f"Issue 6 targets, transport {transport}, from this run:"]
+        parts.append(report.targets_table(rows))
+        if transport == "grpcio":
+            parts.append("(grpcio is the reference transport; the transport targets are h2's)")
+        if any(r["met"] is False for r in rows):
+            parts.append(
+                "Where the time goes and what would close a missed target: "
+                "docs/performance.md; `--profile` adds this machine's py-spy profile below."
+            )
     for prof in doc["profiles"]:
         for workload in ("json_c32", "stream_c32"):
             info = prof.get(workload)
