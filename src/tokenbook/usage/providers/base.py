@@ -27,7 +27,7 @@ import orjson
 
 from tokenbook.usage.detect import request_model_from_path
 from tokenbook.usage.estimate import PER_TOOL_CALL, estimate_output_tokens
-from tokenbook.usage.scan import first_string_value, string_value_bytes
+from tokenbook.usage.scan import first_string_value, string_value_bytes, text_counter
 from tokenbook.usage.types import Extraction, Reason, ResponseContext, Source, TokenUsage
 
 __all__ = ["Parser", "as_int", "as_map", "requested_model", "sub"]
@@ -104,6 +104,7 @@ class Parser:
         self.tool_calls = 0  # tool calls started since then
         self.error = False  # an error event / error document
         self.bad_events = 0  # payloads that are not valid JSON
+        self._text_size = text_counter(self.TEXT_KEYS)
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class Parser:
 
     def count_text(self, data: bytes, keys: tuple[bytes, ...] | None = None) -> None:
         """Add the generated text (and tool calls) of one payload to the estimate."""
-        size = string_value_bytes(data, self.TEXT_KEYS if keys is None else keys)
+        size = self._text_size(data) if keys is None else string_value_bytes(data, keys)
         if size:
             self.text_bytes += size
             self.text_events += 1

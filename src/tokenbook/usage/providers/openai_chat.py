@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from tokenbook.usage.providers.base import JSONMap, Parser, as_int, as_map, sub
-from tokenbook.usage.scan import has_object_value
+from tokenbook.usage.scan import has_object_value, text_counter
 from tokenbook.usage.types import ResponseContext, TokenUsage
 
 __all__ = ["OpenAIChatParser", "chat_usage"]
@@ -115,7 +115,8 @@ class OpenAIChatParser(Parser):
         self, ctx: ResponseContext, *, legacy: bool = False, hidden_reasoning_in_total: bool = False
     ) -> None:
         super().__init__(ctx)
-        self._text_keys = self._LEGACY_TEXT_KEYS if legacy else self.TEXT_KEYS
+        if legacy:
+            self._text_size = text_counter(self._LEGACY_TEXT_KEYS)
         self._hidden_reasoning = hidden_reasoning_in_total
 
     def on_event(self, name: str, data: bytes) -> None:
@@ -124,7 +125,7 @@ class OpenAIChatParser(Parser):
         has_error = name == "error" or b'"error"' in data
         if not (has_usage or has_error):
             if self.final is None:
-                self.count_text(data, self._text_keys)
+                self.count_text(data)
             return
         if data.strip() == b"[DONE]":
             return
@@ -135,7 +136,7 @@ class OpenAIChatParser(Parser):
             return
         self._take(obj, error_event=name == "error")
         if self.final is None:
-            self.count_text(data, self._text_keys)
+            self.count_text(data)
 
     def on_document(self, doc: object) -> None:
         obj = as_map(doc)
