@@ -56,8 +56,11 @@ _EMPTY = {
 }
 
 
-# Diagnostic: TOKENBOOK_NOOP_NO_BODY=1 skips the buffered-body phase (what it costs in latency).
+# Diagnostics (bench/gate_body_phase.py): TOKENBOOK_NOOP_NO_BODY=1 skips the buffered-body
+# phase (what it costs in latency); TOKENBOOK_NOOP_BODY_SENT=1 expects Envoy to send the body
+# unasked (a statically BUFFERED body) and answers it without a mode_override.
 _ASK_BODY = os.environ.get("TOKENBOOK_NOOP_NO_BODY", "") != "1"
+_BODY_SENT = os.environ.get("TOKENBOOK_NOOP_BODY_SENT", "") == "1"
 
 
 def _gate_wants_body(msg: pb.ProcessingRequest) -> bool:
@@ -92,6 +95,9 @@ class NoopGate:
         which = msg.WhichOneof("request")
         if which == "request_headers" and _ASK_BODY and _gate_wants_body(msg):
             resp = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            if _BODY_SENT:
+                self._awaiting_body = True  # on its way already: answer it when it comes
+                return resp
             resp.mode_override.CopyFrom(_BUFFER_BODY)
             self._awaiting_body = True
             return resp
