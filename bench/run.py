@@ -804,7 +804,7 @@ def run(
     ttfb_summary = summarise_ttfb(ttfbs, names)
     target_rows = {
         t: report.targets(summary, ratio_rows, ttfb_summary, transport=t, stream_events=SSE_EVENTS)
-        for t in transports
+        for t in sorted(transports, key=lambda t: t != "h2")  # the default transport first
         if f"tokenbook-{t}" in names
     }
     doc: dict[str, Any] = {
