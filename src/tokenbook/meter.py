@@ -6,7 +6,9 @@ reason. `on_request_headers` comes from the request-headers message where Envoy 
 otherwise (the shipped config) from the response-headers message's attributes, just before
 `on_response_headers`. A session books exactly once:
 
-- at the end-of-stream body message (or response headers with end_of_stream) -> normal booking;
+- at the end-of-stream body message (or response headers with end_of_stream), or at the
+  provider's terminal event (`UsageAdapter.complete`: OpenAI's ``[DONE]``, Anthropic's
+  ``message_stop``, a terminal Responses event), whichever comes first -> normal booking;
 - at `close()` without an end-of-stream -> the stream was cut: booked as ``aborted`` with what
   the adapter could tell (stated numbers plus an estimate, marked ``source="estimated"``).
 
@@ -96,16 +98,25 @@ class MeterSession:
         if end_of_stream:
             self._finish(end_of_stream=True)
 
-    def on_response_body(self, chunk: bytes, *, end_of_stream: bool) -> None:
-        if self._adapter is None:
-            return
+    def on_response_body(self, chunk: bytes, *, end_of_stream: bool) -> bool:
+        """Feed one body chunk; True once there is nothing more to read (booked, or the body
+        ended unmetered)."""
+        adapter = self._adapter
+        if adapter is None:
+            return end_of_stream
         if chunk:
             self._last_byte = self._clock()
             if self._first_byte is None:
                 self._first_byte = self._last_byte
-            self._adapter.feed(chunk)
+            adapter.feed(chunk)
+            # The provider's terminal event: book now. Envoy's observability mode does not
+            # forward an end of stream that comes on its own after the last bytes (common for
+            # real SSE streams); the stream would otherwise wait for `deferred_close_timeout`.
+            if adapter.complete:
+                end_of_stream = True
         if end_of_stream:
             self._finish(end_of_stream=True)
+        return self.booked
 
     def close(self) -> None:
         """The gRPC stream ended; book now if the end of the body was never seen."""

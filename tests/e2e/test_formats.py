@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import time
 import urllib.request
 from collections.abc import Mapping
 
@@ -246,8 +247,11 @@ def test_stream_whose_end_arrives_late_is_booked_ok(stack: Stack) -> None:
         )
     )
     assert chunks[-1].usage is not None
+    streamed = time.monotonic()
     labels = {"key_id": issued["key_id"], "provider": "openai"}
     text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", **labels)
+    # Booked at `[DONE]`, not when Envoy gives up on the stream (deferred_close_timeout, 2 s).
+    assert time.monotonic() - streamed < 1.5
     assert (
         sample(text, "tokenbook_tokens_total", token_type="reasoning", source="reported", **labels)
         == 100

@@ -186,14 +186,22 @@ def response_headers_msg(
     return msg
 
 
-async def _meter(port: int, msgs: Sequence[pb.ProcessingRequest]) -> grpc.StatusCode:
-    """Play Envoy's meter stream; the server must end the RPC itself (no half-close)."""
+async def _meter(port: int, msgs: Sequence[pb.ProcessingRequest]) -> grpc.StatusCode | None:
+    """Play Envoy's meter stream; the server must end the RPC itself (no half-close).
+
+    The RPC's status, or None when the server ended it before every message was written (it
+    may, at the provider's terminal event; Envoy then stops sending): a grpc.aio client
+    reports its own failed write then, not the server's status.
+    """
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         call = pb_grpc.ExternalProcessorStub(ch).Process(
             metadata=(("x-tokenbook-filter", "meter"),)
         )
         for m in msgs:
-            await call.write(m)
+            try:
+                await call.write(m)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return None
         # No answers in observability mode; the server ends the RPC without our half-close.
         assert await asyncio.wait_for(call.read(), 2) is grpc.aio.EOF
         code: grpc.StatusCode = await call.code()
@@ -240,7 +248,8 @@ async def test_meter_books_sse_and_ends_the_rpc_itself(
             )
         )
     msgs.append(pb.ProcessingRequest(response_body=pb.HttpBody(end_of_stream=True)))
-    assert await _meter(app.grpc_port, msgs) == grpc.StatusCode.OK
+    # Ended at `[DONE]` or at the end-of-stream message, whichever the server saw first.
+    assert await _meter(app.grpc_port, msgs) in (grpc.StatusCode.OK, None)
     labels = {
         "token_type": "reasoning",
         "provider": "openai",
@@ -255,6 +264,35 @@ async def test_meter_books_sse_and_ends_the_rpc_itself(
     reg = app.metrics.registry
     assert reg.get_sample_value("tokenbook_tokens_total", labels) == 100.0
     assert reg.get_sample_value("tokenbook_tokens_total", {**labels, "token_type": "input"}) == 12.0
+
+
+async def test_meter_ends_the_rpc_at_the_providers_last_event(
+    app: Running, corpus_dir: object
+) -> None:
+    """No end-of-stream body message (Envoy sends none when the upstream's final empty chunk
+    comes on its own): `[DONE]` books the request and ends the RPC, instead of Envoy's
+    `deferred_close_timeout` later."""
+    from pathlib import Path
+
+    body = (Path(str(corpus_dir)) / "openai/chat/stream_include_usage_reasoning.sse").read_bytes()
+    attributes = {"xds.route_name": "openai", "request.id": "rid-done", "request.method": "POST"}
+    meta = {**ATTRIBUTION, "key_id": "k-done", "path": "/openai/v1/chat/completions"}
+    msgs = [response_headers_msg(SSE_HEADERS, attributes, meta)]
+    msgs += [
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=body[i : i + 211]))
+        for i in range(0, len(body), 211)
+    ]
+    assert await _meter(app.grpc_port, msgs) == grpc.StatusCode.OK
+    ok = app.metrics.registry.get_sample_value(
+        "tokenbook_requests_total",
+        {
+            "provider": "openai",
+            "model": "gpt-5-nano-2025-08-07",
+            **{k: v for k, v in meta.items() if k in ATTRIBUTION},
+            "outcome": "ok",
+        },
+    )
+    assert ok == 1.0
 
 
 def _requests_booked(app: Running) -> float:

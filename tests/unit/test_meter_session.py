@@ -70,3 +70,25 @@ def test_a_request_time_in_the_future_counts_as_now(corpus_dir: Path) -> None:
     booking = _run(corpus_dir, started_wall=1_005.0)
     assert booking.duration_s == pytest.approx(1.0)
     assert booking.ttft_s == pytest.approx(0.5)
+
+
+def test_the_providers_last_event_books_without_the_end_of_stream(corpus_dir: Path) -> None:
+    # Envoy's observability mode may never send the end of stream (it came on its own after the
+    # last bytes): `[DONE]` is enough, and the caller learns that it can end the stream.
+    body = (corpus_dir / "openai/chat/stream_include_usage_reasoning.sse").read_bytes()
+    head, done = body[: body.rindex(b"data: [DONE]")], body[body.rindex(b"data: [DONE]") :]
+    recorder = _Recorder()
+    session = MeterSession(cast(Booker, recorder), max_json_bytes=1 << 20)
+    req = RequestInfo("openai", "openai", "POST", "/openai/v1/chat/completions", "rid-2")
+    session.on_request_headers(req, {"key_id": "k1"})
+    session.on_response_headers(
+        200, [(":status", "200"), ("content-type", "text/event-stream")], end_of_stream=False
+    )
+    assert session.on_response_body(head, end_of_stream=False) is False
+    assert not recorder.bookings
+    assert session.on_response_body(done, end_of_stream=False) is True
+    (booking,) = recorder.bookings
+    assert booking.outcome is Outcome.OK
+    assert booking.extraction.usage.reasoning == 100
+    session.close()  # the stream's end, later: booked once
+    assert len(recorder.bookings) == 1

@@ -142,7 +142,8 @@ def meter_filter(*, failure_mode_allow: bool, message_timeout_ms: int) -> Json:
             "response_attributes": list(METER_ATTRIBUTES),
             # The gate's attribution arrives on every message to the meter.
             "metadata_options": {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}},
-            # The processor ends each RPC right after the end-of-stream body; this only bounds
+            # The processor ends each RPC right after the end-of-stream body (or the provider's
+            # terminal event, where Envoy sends no end of stream); this only bounds
             # how long Envoy keeps a stream the processor did not end (default 5 s, which let
             # the circuit breaker overflow). Long enough for a processor that lags a little.
             "deferred_close_timeout": "2s",

@@ -155,8 +155,7 @@ class MeterStream:
         which = msg.WhichOneof("request")
         if which == "response_body":
             body = msg.response_body
-            session.on_response_body(body.body, end_of_stream=body.end_of_stream)
-            return bool(body.end_of_stream)
+            return session.on_response_body(body.body, end_of_stream=body.end_of_stream)
         if which == "response_headers":
             if not self._request_seen and not self._begin(msg):
                 return True  # nothing to book: end the RPC rather than read the body

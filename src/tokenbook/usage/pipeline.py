@@ -164,6 +164,10 @@ class FixedAdapter:
         del end_of_stream
         return self._extraction
 
+    @property
+    def complete(self) -> bool:
+        return False  # the body is not read: wait for its end like any other
+
     def retained_bytes(self) -> int:
         return 0
 
@@ -221,6 +225,10 @@ class StreamAdapter:
                 detail=f"internal error: {type(exc).__name__}",
             )
         return self._result
+
+    @property
+    def complete(self) -> bool:
+        return self._failure is None and self._parser.terminal
 
     def retained_bytes(self) -> int:
         """Bytes held by this adapter's own buffers and its parser (not the decoders')."""

@@ -129,3 +129,8 @@ class UsageAdapter(Protocol):
 
     def finish(self, *, end_of_stream: bool) -> Extraction:
         """Report what was found. ``end_of_stream=False`` means the stream was cut."""
+
+    @property
+    def complete(self) -> bool:
+        """The body has shown its provider's terminal event: nothing after it can change the
+        result, so the caller may finish now rather than wait for the end of the stream."""

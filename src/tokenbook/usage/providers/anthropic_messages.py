@@ -59,6 +59,9 @@ class AnthropicMessagesParser(Parser):
     MODEL_KEY = None  # message_start is parsed anyway and names the model
 
     def on_event(self, name: str, data: bytes) -> None:
+        if name == "message_stop":  # the last SSE event (Bedrock's unnamed ones: not relied on)
+            self.terminal = True
+            return
         # Bedrock InvokeModelWithResponseStream passes the same events without SSE names.
         if name == "message_delta" or (not name and b'"message_delta"' in data):
             obj = self.load(data)

@@ -104,6 +104,10 @@ class Parser:
         self.tool_calls = 0  # tool calls started since then
         self.error = False  # an error event / error document
         self.bad_events = 0  # payloads that are not valid JSON
+        # The provider's last event of a stream was seen (OpenAI's `[DONE]`, Anthropic's
+        # `message_stop`, a terminal Responses event): a meter may book without waiting for
+        # the end of the body, which Envoy's observability mode does not always forward.
+        self.terminal = False
         self._text_size = text_counter(self.TEXT_KEYS)
 
     # --- hooks -----------------------------------------------------------------------------

@@ -120,14 +120,15 @@ class OpenAIChatParser(Parser):
         self._hidden_reasoning = hidden_reasoning_in_total
 
     def on_event(self, name: str, data: bytes) -> None:
+        if len(data) < 16 and data.strip() == b"[DONE]":  # the last event; usage comes before
+            self.terminal = True
+            return
         self.scan_model(data)
         has_usage = b'"usage"' in data and has_object_value(data, b'"usage"')
         has_error = name == "error" or b'"error"' in data
         if not (has_usage or has_error):
             if self.final is None:
                 self.count_text(data)
-            return
-        if data.strip() == b"[DONE]":
             return
         obj = self.load(data)
         if obj is None:

@@ -88,6 +88,7 @@ class OpenAIResponsesParser(Parser):
             return
         self.take_model(response.get("model"))
         self.set_final(*responses_usage(usage))
+        self.terminal = True  # response.completed / incomplete / failed: the stream's last
 
     def on_document(self, doc: object) -> None:
         obj = as_map(doc)
