@@ -319,8 +319,12 @@ def _requests_booked(app: Running) -> float:
         ),
         # not a tokenbook route
         ({"xds.route_name": "somewhere_else", "request.id": "rid-x"}, None),
-        # a meter filter configured without response_attributes: counted, never silent
+        # a meter filter configured without response_attributes (the gate's metadata came):
+        # counted, never silent
         (None, "no_attributes"),
+        # no attributes and no metadata: a refusal under a config rendered before (its meter
+        # asks for request attributes only); nothing to book, nothing wrong
+        (None, None),
     ],
 )
 async def test_meter_ends_at_once_what_it_does_not_book(
@@ -334,6 +338,8 @@ async def test_meter_ends_at_once_what_it_does_not_book(
     first = response_headers_msg([(":status", "401"), ("content-type", "application/json")])
     if attributes is not None:
         first.attributes["envoy.filters.http.ext_proc"].update(attributes)
+    elif error_kind is not None:
+        first.metadata_context.filter_metadata["tokenbook"].update(ATTRIBUTION)
     assert await _meter(app.grpc_port, [first]) == grpc.StatusCode.OK
     assert _requests_booked(app) == booked_before
     errors_after = reg.get_sample_value("tokenbook_extproc_errors_total", errors) or 0.0

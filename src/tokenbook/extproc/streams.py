@@ -189,6 +189,10 @@ class MeterStream:
         """
         attrs = codec.attributes_of(msg)
         if "xds.route_name" not in attrs:
+            if not codec.metadata_of(msg):
+                # Nothing from the gate either: a refusal under a config rendered before the
+                # meter skipped the request headers (they carry no response attributes).
+                return False
             # A meter filter without `response_attributes`: every response would go unbooked.
             self._p.metrics.extproc_errors.labels(role="meter", kind="no_attributes").inc()
             if not self._p.warned_no_attributes:
