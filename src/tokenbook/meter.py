@@ -77,6 +77,11 @@ class MeterSession:
         # The gate notes the body's `model` where it read the body; else the URL may name it.
         self._request_model = metadata.get("request_model") or model_from_path(req.provider_path)
 
+    @property
+    def knows_request(self) -> bool:
+        """`on_request_headers` was called (from either message that carries the request)."""
+        return self._req is not None
+
     def on_response_headers(
         self, status: int, headers: Sequence[tuple[str, str]], *, end_of_stream: bool
     ) -> None:

@@ -143,7 +143,6 @@ class MeterStream:
         self._session = owner.new_meter_session()
         self.done = False
         self._closed = False
-        self._request_seen = False
         owner.metrics.tally.add(owner.open_meter)
 
     async def on_message(self, msg: pb.ProcessingRequest) -> None:
@@ -157,7 +156,7 @@ class MeterStream:
             body = msg.response_body
             return session.on_response_body(body.body, end_of_stream=body.end_of_stream)
         if which == "response_headers":
-            if not self._request_seen and not self._begin(msg):
+            if not session.knows_request and not self._begin(msg):
                 return True  # nothing to book: end the RPC rather than read the body
             rh = msg.response_headers
             headers = codec.headers_of(rh)
@@ -173,7 +172,6 @@ class MeterStream:
             provider = self._p.provider_for_route(attrs.get("xds.route_name", ""))
             req = codec.request_info(codec.request_line_of(msg.request_headers), attrs, provider)
             session.on_request_headers(req, codec.metadata_of(msg))
-            self._request_seen = True
             return False
         if which == "response_trailers":
             session.on_response_body(b"", end_of_stream=True)
@@ -214,7 +212,6 @@ class MeterStream:
             metadata,
             started_wall=codec.epoch_seconds(attrs.get("request.time", "")),
         )
-        self._request_seen = True
         return True
 
     def close(self) -> None:
