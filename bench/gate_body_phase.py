@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,9 +34,9 @@ from typing import Any
 
 import envoy_setups
 import ttfb
-from run import PATH, start_envoy
+from run import PATH, start_envoy, tcp_open
 
-from tokenbook.testing.stack import ManagedProcess, free_port, http_get, wait_until
+from tokenbook.testing.stack import ManagedProcess, free_port, http_get
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = json.dumps(
@@ -79,7 +78,7 @@ def _noop(work: Path, name: str, env: dict[str, str]) -> tuple[ManagedProcess, s
         work,
         env=env,
     ).start()
-    wait_until(lambda: _port_open(port), 30, name)
+    proc.wait_ready(lambda: tcp_open(port), 30)
     return proc, f"127.0.0.1:{port}"
 
 
@@ -92,12 +91,6 @@ def _gate_messages(admin_port: int) -> str:
     sent = int(stats.get(prefix + "stream_msgs_sent", 0))
     answered = int(stats.get(prefix + "stream_msgs_received", 0))
     return f"{sent / started:.1f} sent, {answered / started:.1f} answered" if started else "–"
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 work,
             ).start()
         )
-        wait_until(lambda: _port_open(stream_port), 30, "stream upstream")
+        procs[-1].wait_ready(lambda: tcp_open(stream_port), 30)
         noop, noop_addr = _noop(work, "noop", {})
         no_body, no_body_addr = _noop(work, "noop-no-body", {"TOKENBOOK_NOOP_NO_BODY": "1"})
         sent, sent_addr = _noop(work, "noop-body-sent", {"TOKENBOOK_NOOP_BODY_SENT": "1"})
