@@ -217,7 +217,8 @@ async def measure(
     noop = time.process_time() - t0
 
     # gate
-    metas = []
+    answers = []
+    parse_answer = pb.ProcessingResponse.FromString
     if profile:
         profile.enable()
     t0 = time.process_time()
@@ -229,10 +230,12 @@ async def measure(
         second = parse(gm[1])
         (await drive(stream.on_message(second))).SerializeToString()
         stream.close()
-        metas.append((rid, metadata_of(answer)))
+        answers.append((rid, answer))
     gate_s = time.process_time() - t0
     if profile:
         profile.disable()
+    # The answers may be in wire form already (`wire.Encoded`): read them back as messages.
+    metas = [(rid, metadata_of(parse_answer(a.SerializeToString()))) for rid, a in answers]
 
     queued_before = app.ledger.writer.queued
     events = stream_upstream.sse_events(CORPUS, SSE_EVENTS)

@@ -14,6 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from tokenbook.extproc import wire
 from tokenbook.providers import ErrorReply
 from tokenbook.requestinfo import METADATA_NAMESPACE, RequestInfo
 
@@ -151,37 +152,49 @@ def _header_option(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 # Dynamic metadata that differs on every request; the rest (attribution, provider) is the same
-# for every request of one key, and goes into the cached template below.
+# for every request of one key, and is encoded once (`wire.string_entries`).
 _PER_REQUEST_METADATA = frozenset(
     {"request_id", "admitted_at", "admission_id", "request_model", "path"}
 )
 _TEMPLATES_MAX = 4096
-_templates: dict[tuple[object, ...], bytes] = {}
+_templates: dict[tuple[tuple[tuple[str, str], ...], tuple[str, ...]], bytes] = {}
 
 
 def continue_request_headers(
     set_headers: Sequence[tuple[str, str]],
     remove_headers: Sequence[str],
     metadata: Mapping[str, str],
-) -> pb.ProcessingResponse:
-    """Let the request go on, with header mutations and dynamic metadata for the meter."""
-    # The answers for one key differ only in a few metadata values: the rest is built once,
-    # kept serialized, and parsed back per request (17.6 -> 4.8 µs, measured).
-    per_request = [(k, v) for k, v in metadata.items() if k in _PER_REQUEST_METADATA]
-    static = tuple((k, v) for k, v in metadata.items() if k not in _PER_REQUEST_METADATA)
-    cache_key = (tuple(set_headers), tuple(remove_headers), static)
-    template = _templates.get(cache_key)
+    *,
+    extra: bytes = b"",
+) -> wire.Encoded:
+    """Let the request go on, with header mutations and dynamic metadata for the meter.
+
+    The answer is built in wire form (`wire`): the header mutation is serialized once per
+    distinct (set, remove) pair and the metadata's per-key entries once per key; only the
+    per-request strings are encoded each time. ``extra`` is appended as is: another serialized
+    `ProcessingResponse` part (the `mode_override` of `with_buffered_body`).
+    """
+    sets = tuple(set_headers)
+    removes = tuple(remove_headers)
+    template = _templates.get((sets, removes))
     if template is None:
-        template = _build_continue(set_headers, remove_headers, dict(static)).SerializeToString()
+        template = _build_continue(sets, removes, {}).SerializeToString()
         if len(_templates) >= _TEMPLATES_MAX:
             _templates.clear()
-        _templates[cache_key] = template
-    resp = pb.ProcessingResponse.FromString(template)
-    if per_request:
-        fields = resp.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
-        for k, v in per_request:
-            fields[k].string_value = v
-    return resp
+        _templates[(sets, removes)] = template
+    if not metadata:
+        return wire.Encoded(template + extra)
+    static = []
+    entries = [b""]
+    per_request = _PER_REQUEST_METADATA
+    entry = wire.string_entry
+    for k, v in metadata.items():
+        if k in per_request:
+            entries.append(entry(k, v))
+        else:
+            static.append((k, v))
+    entries[0] = wire.string_entries(tuple(static))
+    return wire.Encoded(template + wire.dynamic_metadata(METADATA_NAMESPACE, entries) + extra)
 
 
 def _build_continue(
@@ -203,6 +216,35 @@ def _build_continue(
         for k, v in metadata.items():
             ns.fields[k].string_value = v
     return resp
+
+
+def _body_answer(body: bytes | None) -> pb.ProcessingResponse:
+    common = pb.CommonResponse()
+    if body is not None:
+        common.body_mutation.body = body
+        # Envoy refuses a mutated body whose content-length no longer matches (500).
+        common.header_mutation.set_headers.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key="content-length", raw_value=str(len(body)).encode()
+                ),
+                append_action=OVERWRITE,
+            )
+        )
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+
+
+_BODY_UNCHANGED = _body_answer(None).SerializeToString()
+
+
+def continue_request_body(new_body: bytes | None, request_model: str | None) -> wire.Encoded:
+    """The answer to the buffered request body: ``new_body`` replaces it (None: unchanged);
+    ``request_model`` goes to the meter as dynamic metadata (the model label's fallback)."""
+    answer = _BODY_UNCHANGED if new_body is None else _body_answer(new_body).SerializeToString()
+    if request_model:
+        entry = wire.string_entry("request_model", request_model)
+        answer += wire.dynamic_metadata(METADATA_NAMESPACE, (entry,))
+    return wire.Encoded(answer)
 
 
 def pass_request_headers() -> pb.ProcessingResponse:

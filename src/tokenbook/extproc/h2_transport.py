@@ -72,12 +72,18 @@ _RESERVED = frozenset(
 )
 
 
+class Serializable(Protocol):
+    """An answer: a `ProcessingResponse`, or one already serialized (`wire.Encoded`)."""
+
+    def SerializeToString(self) -> bytes: ...  # protobuf's method name
+
+
 class StreamProcessor(Protocol):
     """`tokenbook.extproc.streams.StreamProcessor`, restated so duck-typed ones fit too."""
 
     done: bool
 
-    def on_message(self, msg: pb.ProcessingRequest) -> Awaitable[pb.ProcessingResponse | None]:
+    def on_message(self, msg: pb.ProcessingRequest) -> Awaitable[Serializable | None]:
         """Handle one message; the answer to write, if any."""
 
     def close(self) -> None:
@@ -219,7 +225,7 @@ class _ProcessCall:
         self._task = task
         task.add_done_callback(self._task_done)
 
-    def _answer(self, answer: pb.ProcessingResponse | None) -> None:
+    def _answer(self, answer: Serializable | None) -> None:
         if answer is not None:
             h2 = self._conn.h2
             if not self._headers_sent:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tokenbook.extproc.admin import KeyRegistryService
@@ -57,6 +57,28 @@ def make_server(
     return GrpcServer(listen, processors, admin)
 
 
+def _serialize(answer: Any) -> bytes:
+    # A message, or an answer the processor already serialized (`wire.Encoded`): the generated
+    # serializer (`ProcessingResponse.SerializeToString`, unbound) accepts only messages.
+    data: bytes = answer.SerializeToString()
+    return data
+
+
+def add_ext_proc_to_server(servicer: GrpcExternalProcessor, server: Any) -> None:
+    """What the generated ``add_ExternalProcessorServicer_to_server`` does, with `_serialize`."""
+    handlers = {
+        "Process": grpc.stream_stream_rpc_method_handler(
+            servicer.Process,
+            request_deserializer=pb.ProcessingRequest.FromString,
+            response_serializer=_serialize,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(EXT_PROC_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(EXT_PROC_SERVICE, handlers)
+
+
 class GrpcServer:
     """Owns the grpc.aio server and its health status; the app drives its lifecycle."""
 
@@ -79,9 +101,7 @@ class GrpcServer:
                 ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ]
         )
-        pb_grpc.add_ExternalProcessorServicer_to_server(
-            GrpcExternalProcessor(processors), self._server
-        )
+        add_ext_proc_to_server(GrpcExternalProcessor(processors), self._server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.admin_enabled = admin is not None

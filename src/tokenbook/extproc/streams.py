@@ -23,21 +23,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
-from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from tokenbook.booking import Booker
 from tokenbook.envoyconfig.filters import METER_ATTRIBUTES
 from tokenbook.extproc import codec
+from tokenbook.extproc.wire import Encoded
 from tokenbook.gate import Admit, Gate
 from tokenbook.meter import MeterSession
 from tokenbook.metrics.instruments import Metrics
-from tokenbook.requestinfo import METADATA_NAMESPACE
 
 log = logging.getLogger("tokenbook.extproc")
+
+# What a processor hands its transport to write: a message, or one already serialized.
+Answer: TypeAlias = pb.ProcessingResponse | Encoded
 
 ROLE_METADATA_KEY = "x-tokenbook-filter"
 _BUFFER_BODY = processing_mode_pb2.ProcessingMode(
@@ -48,12 +50,14 @@ _BUFFER_BODY = processing_mode_pb2.ProcessingMode(
     request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
     response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
 )
+# Appended to the serialized headers answer (concatenated messages parse as their merge).
+_BUFFER_BODY_OVERRIDE = pb.ProcessingResponse(mode_override=_BUFFER_BODY).SerializeToString()
 
 
 class StreamProcessor(Protocol):
     done: bool
 
-    async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+    async def on_message(self, msg: pb.ProcessingRequest) -> Answer | None:
         """Handle one message; the answer to write, if any."""
 
     def close(self) -> None:
@@ -68,7 +72,7 @@ class GateStream:
         owner.metrics.tally.add(owner.open_gate)
         self._closed = False
 
-    async def on_message(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+    async def on_message(self, msg: pb.ProcessingRequest) -> Answer | None:
         which = msg.WhichOneof("request")
         if which == "request_headers":
             return await self._headers(msg)
@@ -79,7 +83,7 @@ class GateStream:
         self.done = True
         return empty_answer(which)
 
-    async def _headers(self, msg: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    async def _headers(self, msg: pb.ProcessingRequest) -> Answer:
         p = self._p
         headers = codec.headers_of(msg.request_headers)
         attrs = codec.attributes_of(msg)
@@ -99,37 +103,20 @@ class GateStream:
             p.booker.book_denied(provider or "unknown", {}, "unknown")
             self.done = True
             return codec.immediate(decision.reply)
-        resp = codec.continue_request_headers(
-            decision.set_headers, decision.remove_headers, decision.metadata
-        )
-        end_of_stream = msg.request_headers.end_of_stream
-        if decision.want_body and not end_of_stream:
-            resp.mode_override.CopyFrom(_BUFFER_BODY)
+        if decision.want_body and not msg.request_headers.end_of_stream:
             self._awaiting_body = True
+            extra = _BUFFER_BODY_OVERRIDE
         else:
             self.done = True
-        return resp
+            extra = b""
+        return codec.continue_request_headers(
+            decision.set_headers, decision.remove_headers, decision.metadata, extra=extra
+        )
 
-    def _body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+    def _body(self, body: pb.HttpBody) -> Answer:
         self.done = True
         rewrite = self._p.gate.rewrite_body(body.body)
-        common = pb.CommonResponse()
-        if rewrite.body is not None:
-            common.body_mutation.body = rewrite.body
-            # Envoy refuses a mutated body whose content-length no longer matches (500).
-            common.header_mutation.set_headers.append(
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(
-                        key="content-length", raw_value=str(len(rewrite.body)).encode()
-                    ),
-                    append_action=codec.OVERWRITE,
-                )
-            )
-        resp = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
-        if rewrite.request_model:
-            ns = resp.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value
-            ns.fields["request_model"].string_value = rewrite.request_model
-        return resp
+        return codec.continue_request_body(rewrite.body, rewrite.request_model)
 
     def close(self) -> None:
         if not self._closed:
