@@ -2,7 +2,9 @@
 
     python bench/run.py                     # ~10 minutes, prints tables, writes JSON
     python bench/run.py --budget-s 120      # a quick look (fewer, shorter runs)
-    python bench/run.py --profile           # also py-spy tokenbook under load (SVG per setup)
+    python bench/run.py --profile           # py-spy every tokenbook and no-op setup (SVGs)
+    python bench/run.py --profile none      # no profile (by default: the first transport
+                                            # that misses an issue-6 target)
 
 Setups, each behind its own Envoy gateway rendered by `tokenbook envoy-config` (access log off,
 `--concurrency 1`), all running at once and measured round-robin so that the machine's noise
@@ -68,6 +70,7 @@ _ensure_venv()
 import benchkey  # noqa: E402
 import envoy_setups  # noqa: E402
 import procstat  # noqa: E402
+import profile_parts  # noqa: E402
 import report  # noqa: E402
 import stream_upstream  # noqa: E402
 import ttfb  # noqa: E402
@@ -104,6 +107,10 @@ STREAM_REQUEST = {
     "messages": [{"role": "user", "content": "Count to thirty."}],
 }
 SSE_EVENTS = 30
+# The profile after the passes: these workloads, PROFILE_S of wrk each, per profiled setup.
+PROFILE_WORKLOADS = ("json_c32", "stream_c32")
+PROFILE_S = 10
+PROFILE_COST_S = 2 * 12.0
 
 
 def log(msg: str) -> None:
@@ -576,7 +583,7 @@ class Bench:
         if not pyspy.exists():
             return {"setup": setup.name, "error": "py-spy not installed in the venv"}
         out = {}
-        for workload in ("json_c32", "stream_c32"):
+        for workload in PROFILE_WORKLOADS:
             svg = self.work / f"profile-{setup.name}-{workload}.svg"
             raw = self.work / f"profile-{setup.name}-{workload}.txt"
             targets = procstat.tree(pid)
@@ -609,6 +616,24 @@ class Bench:
                 spy.wait(60)
             out[workload] = {"svg": str(svg), "raw": str(raw), "top": top_frames(raw)}
         return {"setup": setup.name, **out}
+
+
+def profile_setups(
+    mode: str, setups: Sequence[Setup], target_rows: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[Setup]:
+    """The tokenbook setups to profile: every one ('all'), none, or ('auto') the one of the
+    first transport (h2 first) whose run missed an issue-6 target, so that a run which misses
+    a target also shows where tokenbook's time went."""
+    tokenbook = [s for s in setups if s.kind == "tokenbook"]
+    if mode == "all":
+        # The no-ops too: their transport part is the yardstick for tokenbook's.
+        return tokenbook + [s for s in setups if s.kind == "noop"]
+    if mode == "none":
+        return []
+    for transport, rows in target_rows.items():
+        if any(r["met"] is False for r in rows):
+            return [s for s in tokenbook if s.transport == transport and s.workers == 1][:1]
+    return []
 
 
 def top_frames(raw: Path, n: int = 25) -> list[tuple[str, float]]:
@@ -692,7 +717,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="event loop of tokenbook and the no-op alike (default auto: uvloop for h2)",
     )
-    p.add_argument("--profile", action="store_true", help="py-spy each tokenbook setup")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        choices=["auto", "all", "none"],
+        default="auto",
+        const="all",
+        help="py-spy tokenbook under load after the passes: 'auto' (default) profiles the first"
+        " transport that misses an issue-6 target, 'all' (or a bare --profile) every tokenbook"
+        " and no-op setup, 'none' none",
+    )
     p.add_argument(
         "--serve-only", action="store_true", help="start the setups, print them, wait (Ctrl-C)"
     )
@@ -744,9 +778,8 @@ def run(
     rss_setups = (
         [s for s in setups if s.kind != "plain" and s.workers == 1] if ns.rss_streams else []
     )
-    fixed = 15.0 * len(rss_setups) + (
-        2 * 12.0 * len([s for s in setups if s.kind == "tokenbook"]) if ns.profile else 0
-    )
+    profiled = {"all": len([s for s in setups if s.kind != "plain"]), "auto": 1, "none": 0}
+    fixed = 15.0 * len(rss_setups) + PROFILE_COST_S * profiled[ns.profile]
     ttfb_cost = 0.25 * ns.ttfb_single + 0.3 * ns.ttfb_rounds + 1.0
     per_pass = (ns.budget_s - startup_s - fixed - 3.0 * len(setups)) / max(1, ns.passes)
     per_setup = per_pass / len(setups)
@@ -787,8 +820,6 @@ def run(
         except Exception as exc:  # report it, keep the rest of the results
             rss.append({"setup": s.name, "error": repr(exc)})
             log(f"rss {s.name}: failed: {exc!r}")
-    profiles = [bench.profile(s, 10) for s in setups if ns.profile and s.kind == "tokenbook"]
-
     names = [s.name for s in setups]
     pairs: list[tuple[str, str, str]] = []
     for t in transports:
@@ -807,6 +838,18 @@ def run(
         for t in sorted(transports, key=lambda t: t != "h2")  # the default transport first
         if f"tokenbook-{t}" in names
     }
+    profiles = []
+    for s in profile_setups(ns.profile, setups, target_rows):
+        prof = bench.profile(s, PROFILE_S)
+        for workload in PROFILE_WORKLOADS:
+            info = prof.get(workload)
+            if info:
+                cpu = summary.get(workload, {}).get(s.name, {}).get("extproc_cpu_us")
+                rows, samples = profile_parts.shares(profile_parts.read_stacks(Path(info["raw"])))
+                info["parts"] = rows
+                info["samples"] = samples
+                info["us_per_request"] = cpu["median"] if cpu else None
+        profiles.append(prof)
     doc: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(),
@@ -1011,15 +1054,27 @@ def render(doc: Mapping[str, Any]) -> str:
         if any(r["met"] is False for r in rows):
             parts.append(
                 "Where the time goes and what would close a missed target: "
-                "docs/performance.md; `--profile` adds this machine's py-spy profile below."
+                "docs/performance.md, and this run's py-spy profile below"
+                " (`--profile none` skips it)."
             )
     for prof in doc["profiles"]:
-        for workload in ("json_c32", "stream_c32"):
+        for workload in PROFILE_WORKLOADS:
             info = prof.get(workload)
             if not info:
                 continue
-            parts += ["", f"py-spy {prof['setup']} {workload} (self time): {info['svg']}"]
-            parts += [f"  {share * 100:5.1f}%  {name}" for name, share in info["top"][:15]]
+            if info.get("parts"):
+                us = info.get("us_per_request")
+                parts += [
+                    "",
+                    f"Where {prof['setup']}'s CPU goes on {workload} (py-spy, {info['samples']}"
+                    f" samples; each to the innermost part it is in"
+                    + (f"; {us:,.0f} µs per request in this run):" if us else "):"),
+                ]
+                parts += profile_parts.table(info["parts"], us)
+            parts += ["", f"py-spy {prof['setup']} {workload}, top self time: {info['svg']}"]
+            parts += [f"  {share * 100:5.1f}%  {name}" for name, share in info["top"][:12]]
+    if any(p.get("json_c32", {}).get("parts") for p in doc["profiles"]):
+        parts += ["", *profile_parts.CLOSING]
     return "\n".join(parts)
 
 

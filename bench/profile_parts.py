@@ -1,0 +1,122 @@
+"""Where a tokenbook process's CPU goes, by part, from a py-spy raw (collapsed stacks) profile.
+
+`make bench` profiles tokenbook under load when an issue-6 target is missed and prints this
+table, so the run that misses a target also shows where the time went. Each sample goes to the
+*innermost* frame that belongs to a part: a header lookup inside the gate is the gate's, the
+HTTP/2 frame that carried it is the transport's. Samples with no tokenbook frame at all (other
+threads, the interpreter between frames) are "other".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+# (part, path fragments): the first part with a fragment in a frame's file claims the frame.
+# Order matters only where fragments overlap (ledger/admission.py is the gate's decision).
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "gate decision (key lookup, admission, header rules)",
+        ("tokenbook/gate.py", "tokenbook/attribution/", "tokenbook/ledger/admission.py"),
+    ),
+    (
+        "gate answer (answer encoding, body rewrite)",
+        ("tokenbook/extproc/wire.py", "tokenbook/request_body.py"),
+    ),
+    ("usage adapter (parse, usage split)", ("tokenbook/usage/",)),
+    ("pricing", ("tokenbook/pricing/", "genai_prices/")),
+    (
+        "booking and metrics (counters, histograms)",
+        ("tokenbook/booking.py", "tokenbook/metrics/", "prometheus_client/"),
+    ),
+    ("ledger (entries, writer, Redis client)", ("tokenbook/ledger/", "redis/")),
+    ("reading messages (headers, attributes, metadata)", ("tokenbook/extproc/codec.py",)),
+    (
+        "processor glue (streams, meter session, request info)",
+        ("tokenbook/extproc/streams.py", "tokenbook/meter.py", "tokenbook/requestinfo.py"),
+    ),
+    (
+        "transport and event loop (HTTP/2, HPACK, gRPC framing, protobuf, loop)",
+        (
+            "tokenbook/extproc/h2",
+            "tokenbook/extproc/grpc_transport.py",
+            "hpack/",
+            "grpc/",
+            "asyncio/",
+            "uvloop/",
+        ),
+    ),
+)
+OTHER = "other (other threads, start-up, interpreter)"
+
+# What would close the gap, per the measurements in docs/performance.md (kept short here).
+CLOSING = (
+    "What would close the 1.15x target (docs/performance.md, 'Why the 1.15x target is missed'):",
+    "  - tokenbook's own work is spread over the parts above, none dominant: no single Python",
+    "    change closes it; compiling the hot modules with mypyc was measured and gained nothing;",
+    "  - native code for reading the messages straight from their bytes and for the booking;",
+    "  - for the time to first byte: processing in Envoy (Lua or Wasm) instead of a round trip.",
+)
+
+
+# codec.py both reads messages and writes answers: its answer builders are the gate's answer.
+_ANSWER_FUNCTIONS = frozenset(
+    {
+        "continue_request_headers",
+        "_build_continue",
+        "continue_request_body",
+        "_body_answer",
+        "immediate",
+        "pass_request_headers",
+        "_header_option",
+    }
+)
+
+
+def part_of(frame: str) -> str | None:
+    """The part a py-spy frame (``func (path/file.py:line)``) belongs to, if any."""
+    func, _, where = frame.rpartition(" (")
+    if "tokenbook/extproc/codec.py" in where and func.split(".")[0] in _ANSWER_FUNCTIONS:
+        return PARTS[1][0]
+    for part, fragments in PARTS:
+        for fragment in fragments:
+            if fragment in where:
+                return part
+    return None
+
+
+def read_stacks(raw: Path) -> list[tuple[list[str], int]]:
+    """py-spy's ``--format raw`` output: one ``frame;frame;... count`` line per stack."""
+    stacks = []
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def shares(stacks: Iterable[tuple[Sequence[str], int]]) -> tuple[list[tuple[str, float]], int]:
+    """``([(part, share)], samples)``: every part (in `PARTS` order, then other) and its share."""
+    counts = {part: 0 for part, _ in PARTS}
+    counts[OTHER] = 0
+    total = 0
+    for frames, n in stacks:
+        total += n
+        for frame in reversed(frames):
+            part = part_of(frame)
+            if part is not None:
+                counts[part] += n
+                break
+        else:
+            counts[OTHER] += n
+    return [(p, c / total if total else 0.0) for p, c in counts.items()], total
+
+
+def table(rows: list[tuple[str, float]], us_per_request: float | None) -> list[str]:
+    """The parts as aligned text lines: share, and µs per request when the run measured it."""
+    width = max(len(p) for p, _ in rows)
+    out = [f"  {'part':<{width}}  share  µs/request"]
+    for part, share in rows:
+        us = f"{share * us_per_request:10.0f}" if us_per_request else f"{'-':>10}"
+        out.append(f"  {part:<{width}}  {share * 100:4.1f}%  {us}")
+    return out
