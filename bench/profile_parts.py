@@ -3,8 +3,9 @@
 `make bench` profiles tokenbook under load when an issue-6 target is missed and prints this
 table, so the run that misses a target also shows where the time went. Each sample goes to the
 *innermost* frame that belongs to a part: a header lookup inside the gate is the gate's, the
-HTTP/2 frame that carried it is the transport's. Samples with no tokenbook frame at all (other
-threads, the interpreter between frames) are "other".
+HTTP/2 frame that carried it is the transport's, and the event loop's frames count only where
+no other part is in the stack. Samples with none of these (other threads, start-up) are
+"other".
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "processor glue (streams, meter session, request info)",
         ("tokenbook/extproc/streams.py", "tokenbook/meter.py", "tokenbook/requestinfo.py"),
     ),
+    # Claimed by function (`_NOOP_FUNCTIONS`): the script's `main` is in every one of its stacks.
+    ("the no-op processor (bench/noop_extproc.py)", ()),
     (
         "transport and event loop (HTTP/2, HPACK, gRPC framing, protobuf, loop)",
         (
@@ -42,11 +45,15 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "tokenbook/extproc/grpc_transport.py",
             "hpack/",
             "grpc/",
-            "asyncio/",
-            "uvloop/",
         ),
     ),
 )
+TRANSPORT = PARTS[-1][0]
+NOOP = PARTS[-2][0]
+# The event loop's own frames are in every stack, and under other parts' work too (the Redis
+# client's socket writes are asyncio's): they are the transport's only when no other part is
+# in the stack.
+_LOOP = ("asyncio/", "uvloop/")
 OTHER = "other (other threads, start-up, interpreter)"
 
 # What would close the gap, per the measurements in docs/performance.md (kept short here).
@@ -73,9 +80,20 @@ _ANSWER_FUNCTIONS = frozenset(
 )
 
 
+_NOOP_FUNCTIONS = frozenset(
+    {"NoopGate", "NoopMeter", "NoopProcessors", "_gate_wants_body", "_role"}
+)
+_NOOP_TRANSPORT = frozenset({"NoopServicer"})  # the no-op's grpc.aio loop
+
+
 def part_of(frame: str) -> str | None:
     """The part a py-spy frame (``func (path/file.py:line)``) belongs to, if any."""
     func, _, where = frame.rpartition(" (")
+    if "noop_extproc.py" in where:
+        owner = func.split(".")[0]
+        if owner in _NOOP_FUNCTIONS:
+            return NOOP
+        return TRANSPORT if owner in _NOOP_TRANSPORT else None
     if "tokenbook/extproc/codec.py" in where and func.split(".")[0] in _ANSWER_FUNCTIONS:
         return PARTS[1][0]
     for part, fragments in PARTS:
@@ -108,7 +126,8 @@ def shares(stacks: Iterable[tuple[Sequence[str], int]]) -> tuple[list[tuple[str,
                 counts[part] += n
                 break
         else:
-            counts[OTHER] += n
+            loop = any(fragment in frame for frame in frames for fragment in _LOOP)
+            counts[TRANSPORT if loop else OTHER] += n
     return [(p, c / total if total else 0.0) for p, c in counts.items()], total
 
 
