@@ -59,6 +59,10 @@ def booking_id(request_id: str, admission_id: str) -> str:
     return request_id or f"anonymous.{os.urandom(8).hex()}"
 
 
+# (token type, its stream field), in the ledger's field order; built once, not per booking.
+_TOKEN_FIELDS = tuple((t, f"tokens_{t}") for t in TOKEN_TYPES)
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     booking_id: str
@@ -106,9 +110,12 @@ class LedgerEntry:
             "provider", self.provider,
             "model", self.model,
         ]  # fmt: skip
-        for name in TOKEN_TYPES:
-            if name in self.tokens:
-                f += [f"tokens_{name}", str(int(self.tokens[name]))]
+        tokens = self.tokens
+        for name, field_name in _TOKEN_FIELDS:
+            count = tokens.get(name)
+            if count is not None:
+                f.append(field_name)
+                f.append(str(int(count)))
         if self.cost_usd is not None:
             f += ["cost_usd", repr(float(self.cost_usd))]
         f += ["outcome", self.outcome, "source", self.source, "booking_id", self.booking_id]
