@@ -1071,6 +1071,20 @@ def render(doc: Mapping[str, Any]) -> str:
                     + (f"; {us:,.0f} µs per request in this run):" if us else "):"),
                 ]
                 parts += profile_parts.table(info["parts"], us)
+                setup = str(prof["setup"])
+                noop = (
+                    doc["summary"]
+                    .get(workload, {})
+                    .get(setup.replace("tokenbook-", "noop-", 1), {})
+                )
+                floor = profile_parts.floor_line(
+                    setup,
+                    (noop.get("extproc_cpu_us") or {}).get("median"),
+                    info["parts"],
+                    us,
+                )
+                if floor and setup.startswith("tokenbook-"):
+                    parts.append(floor)
             parts += ["", f"py-spy {prof['setup']} {workload}, top self time: {info['svg']}"]
             parts += [f"  {share * 100:5.1f}%  {name}" for name, share in info["top"][:12]]
     if any(p.get("json_c32", {}).get("parts") for p in doc["profiles"]):

@@ -86,3 +86,16 @@ def test_an_empty_profile_has_no_shares(tmp_path: Path) -> None:
     rows, samples = pp.shares(pp.read_stacks(raw))
     assert samples == 0
     assert all(share == 0.0 for _, share in rows)
+
+
+def test_the_floor_line_compares_the_allowance_with_the_transport_part() -> None:
+    rows = [(pp.TRANSPORT, 0.4), (pp.OTHER, 0.6)]
+    below = pp.floor_line("tokenbook-h2", 160.0, rows, 500.0)
+    assert below is not None
+    assert "allows tokenbook-h2 184 µs" in below
+    assert "below its transport and event-loop part alone (200 µs" in below
+    above = pp.floor_line("tokenbook-h2", 200.0, rows, 500.0)
+    assert above is not None
+    assert "above" in above
+    assert pp.floor_line("tokenbook-h2", None, rows, 500.0) is None
+    assert pp.floor_line("tokenbook-h2", 160.0, rows, None) is None
