@@ -51,7 +51,7 @@ check: lint test ## lint + test, and fail on a dirty tree (generated files stale
 demo: $(STAMP) system-deps ## run the demo: Redis + tokenbook + Envoy + a fake provider + SDK traffic
 	$(PY) -m tokenbook.demo $(if $(DURATION),--duration $(DURATION),)
 
-bench: $(STAMP) system-deps ## the benchmark: plain Envoy vs no-op ext_proc vs tokenbook (~10 min; prints a table, writes bench/results/latest.json)
+bench: $(STAMP) system-deps ## the benchmark: plain Envoy vs no-op ext_proc vs tokenbook (~8-10 min; prints tables, the targets' verdicts and, if one is missed, a profile; writes bench/results/latest.json)
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 
