@@ -8,7 +8,8 @@ otherwise (the shipped config) from the response-headers message's attributes, j
 
 - at the end-of-stream body message (or response headers with end_of_stream), or at the
   provider's terminal event (`UsageAdapter.complete`: OpenAI's ``[DONE]``, Anthropic's
-  ``message_stop``, a terminal Responses event), whichever comes first -> normal booking;
+  ``message_stop``, a terminal Responses event, Cohere's ``message-end`` / ``stream-end``,
+  Ollama's ``done`` line, Bedrock's last event), whichever comes first -> normal booking;
 - at `close()` without an end-of-stream -> the stream was cut: booked as ``aborted`` with what
   the adapter could tell (stated numbers plus an estimate, marked ``source="estimated"``).
 

@@ -257,3 +257,61 @@ def test_stream_whose_end_arrives_late_is_booked_ok(stack: Stack) -> None:
         == 100
     )
     assert sample(text, "tokenbook_requests_total", outcome="aborted", **labels) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "fixture", "provider", "model", "expected"),
+    [
+        (
+            "/ollama/api/chat",
+            "ollama/ollama_chat/stream_ndjson_api_chat.ndjson",
+            "ollama",
+            "llama3",
+            {"input": 17, "output": 50},
+        ),
+        (
+            "/cohere/v2/chat",
+            "cohere/cohere_chat_v2/stream_v2_message_end_usage.sse",
+            "cohere",
+            "unknown",  # Cohere names no model, and the gate reads no Cohere request body
+            {"input": 69, "output": 110},
+        ),
+        (
+            "/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream",
+            "bedrock/converse/stream_nova_micro.bin",
+            "bedrock",
+            "us.amazon.nova-micro-v1:0",
+            {"input": 13, "output": 82},
+        ),
+    ],
+    ids=["ollama-done-line", "cohere-message-end", "bedrock-metadata-event"],
+)
+def test_other_terminal_events_book_without_waiting_for_a_late_end(
+    stack: Stack,
+    path: str,
+    fixture: str,
+    provider: str,
+    model: str,
+    expected: Mapping[str, int],
+) -> None:
+    """As above, for the formats whose last event is not OpenAI's or Anthropic's: Ollama's
+    `done` line, Cohere's `message-end`, ConverseStream's `metadata` event."""
+    issued = issue_key(stack, "otto", "search", f"late-{provider}", "indexing")
+    _post(
+        stack,
+        path,
+        issued["key"],
+        {"x-fake-fixture": fixture, "x-fake-chunk-bytes": "1500", "x-fake-chunk-delay-ms": "100"},
+        json.dumps({"model": model, "stream": True, "messages": []}).encode(),
+    )
+    streamed = time.monotonic()  # the client has the whole body, its final chunk included
+    labels = {"key_id": issued["key_id"], "provider": provider, "model": model}
+    text = wait_for_sample(stack, "tokenbook_requests_total", outcome="ok", **labels)
+    # Booked at the terminal event, not at Envoy's deferred close (2 s after the last bytes).
+    assert time.monotonic() - streamed < 1.5
+    for token_type, count in expected.items():
+        got = sample(
+            text, "tokenbook_tokens_total", token_type=token_type, source="reported", **labels
+        )
+        assert got == count, (token_type, got, count)
+    assert sample(text, "tokenbook_requests_total", outcome="aborted", **labels) is None

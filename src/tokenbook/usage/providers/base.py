@@ -105,7 +105,7 @@ class Parser:
         self.error = False  # an error event / error document
         self.bad_events = 0  # payloads that are not valid JSON
         # The provider's last event of a stream was seen (OpenAI's `[DONE]`, Anthropic's
-        # `message_stop`, a terminal Responses event): a meter may book without waiting for
+        # `message_stop`, a terminal Responses event, ...): a meter may book without waiting for
         # the end of the body, which Envoy's observability mode does not always forward.
         self.terminal = False
         self._text_size = text_counter(self.TEXT_KEYS)

@@ -55,6 +55,8 @@ class BedrockConverseParser(Parser):
             usage = as_map(obj.get("usage")) if obj is not None else {}
             if usage:
                 self.set_final(*converse_usage(usage))
+                # `metadata` is ConverseStream's last event (after `messageStop`).
+                self.terminal = name == "metadata"
             return
         if name.endswith("Exception"):
             self.error = True

@@ -179,6 +179,8 @@ class BedrockInvokeParser(Parser):
             metrics = _metrics_usage(obj) if obj is not None else None
             if metrics is not None:
                 self._metrics = metrics
+                # Bedrock adds its invocation metrics to the stream's last chunk only.
+                self.terminal = True
 
     def on_document(self, doc: object) -> None:
         obj = as_map(doc)

@@ -74,6 +74,8 @@ class CohereParser(Parser):
                 self.set_final(usage)
             elif finish == "ERROR":
                 self.error = True
+            # Both are the stream's last event (Cohere's streaming reference).
+            self.terminal = True
             return
         if name == "error":
             self.error = True

@@ -42,6 +42,8 @@ class OllamaParser(Parser):
             obj = self.load(data)
             if obj is not None:
                 self._take(obj)
+                # The `done` line is the stream's last (API reference: "the final response").
+                self.terminal = obj.get("done") is True and self.final is not None
             return
         if self.final is None:
             self.count_text(data)
