@@ -48,6 +48,7 @@ from tokenbook.providers import ErrorReply, error_reply
 from tokenbook.request_body import (
     DEFAULT_INCLUDE_USAGE_PROVIDERS,
     BodyRewrite,
+    read_model,
     rewrite_for_usage,
     wants_body,
 )
@@ -235,9 +236,12 @@ class Gate:
             ),
         )
 
-    def rewrite_body(self, body: bytes) -> BodyRewrite:
-        """The buffered request body of an admitted request that asked for it (`want_body`)."""
-        return rewrite_for_usage(body)
+    def rewrite_body(self, body: bytes, provider: str) -> BodyRewrite:
+        """The buffered request body of an admitted request that asked for it (`want_body`):
+        include_usage added for the providers that take it, else only its model read."""
+        if provider in self._policy.include_usage_providers:
+            return rewrite_for_usage(body)
+        return read_model(body)
 
     def _credential_for(self, provider: str, record: KeyRecord | None) -> str | None:
         if not self._policy.credential_swap:

@@ -1,4 +1,5 @@
-"""Request-body rewrite: make every OpenAI-style stream report its usage.
+"""Request-body rewrite: make every OpenAI-style stream report its usage; and the model of the
+requests whose responses do not name it.
 
 OpenAI (and Azure OpenAI) send a usage chunk at the end of a Chat Completions / Completions
 stream only when the request says ``"stream_options": {"include_usage": true}``. Without it the
@@ -9,6 +10,10 @@ SDKs expose it as ``chunk.usage`` on a chunk with empty ``choices``.
 
 Only providers documented to accept the option are rewritten (others reject unknown fields or
 report usage on their own); operators can change the set in the config.
+
+Cohere's responses name no model (chat v1 and v2, embed), nor do their URLs: without the
+request's ``model`` their usage could not be priced. For those the gate buffers the body too,
+only to read the model (`MODEL_IN_BODY`); it never rewrites them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ DEFAULT_INCLUDE_USAGE_PROVIDERS: frozenset[str] = frozenset({"openai", "azure_op
 MAX_REWRITE_BYTES = 8 * 1024 * 1024
 
 _STREAM_PATHS = ("/chat/completions", "/completions")
+#: provider -> the API paths (suffixes) whose model is only in the request body.
+MODEL_IN_BODY: dict[str, tuple[str, ...]] = {"cohere": ("/chat", "/embed")}
 
 
 def wants_body(
@@ -33,10 +40,13 @@ def wants_body(
     content_length: str | None,
     providers: Collection[str],
 ) -> bool:
-    """Should the gate ask Envoy for this request's body (to possibly add include_usage)?"""
-    if provider is None or provider not in providers or method != "POST":
+    """Should the gate ask Envoy for this request's body: to possibly add include_usage
+    (``providers``), or to read the model where nothing else names it (`MODEL_IN_BODY`)?"""
+    if provider is None or method != "POST":
         return False
-    if not provider_path.rstrip("/").endswith(_STREAM_PATHS):
+    path = provider_path.rstrip("/")
+    rewritable = provider in providers and path.endswith(_STREAM_PATHS)
+    if not rewritable and not path.endswith(MODEL_IN_BODY.get(provider, ())):
         return False
     if content_length is not None:
         try:
@@ -80,6 +90,11 @@ def rewrite_for_usage(body: bytes) -> BodyRewrite:
     else:
         return BodyRewrite(None, model, True)
     return BodyRewrite(orjson.dumps(doc), model, True)
+
+
+def read_model(body: bytes) -> BodyRewrite:
+    """The body left as it is, with the ``model`` it asks for (`MODEL_IN_BODY` requests)."""
+    return BodyRewrite(None, _model_of(body), False)
 
 
 def _model_of(body: bytes) -> str | None:

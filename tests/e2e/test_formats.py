@@ -151,6 +151,34 @@ def test_bedrock_converse_event_stream(stack: Stack) -> None:
     )
 
 
+def test_cohere_is_priced_with_the_model_of_its_request_body(stack: Stack) -> None:
+    """Cohere's responses name no model, nor does the URL: the gate reads it from the request
+    body (which it buffers for that, and leaves as it is), so the usage can be priced."""
+    issued = issue_key(stack, "cleo", "research", "ranker", "search")
+    request = b'{"model":"command-r7b-12-2024","messages":[{"role":"user","content":"hi"}]}'
+    tag = f"cohere-{issued['key_id']}"
+    received = _post(
+        stack,
+        "/cohere/v2/chat",
+        issued["key"],
+        {
+            "x-fake-fixture": "cohere/cohere_chat_v2/nonstream_v2_cached_tokens.json",
+            "x-test-id": tag,
+        },
+        request,
+    )
+    assert b"cached_tokens" in received
+    _check_booked(
+        stack,
+        issued["key_id"],
+        "cohere",
+        "command-r7b-12-2024",
+        {"input": 7, "cached_input": 2928, "output": 4},
+    )
+    assert stack.fake is not None
+    assert stack.fake.provider.find("x-test-id", tag).body == request  # read, not rewritten
+
+
 def test_cut_stream_is_booked_as_aborted_with_estimate(stack: Stack) -> None:
     issued = issue_key(stack, "leo", "research", "reader", "papers")
     fixture = stack.corpus / "anthropic/messages/stream_cache_read.sse"
@@ -273,7 +301,7 @@ def test_stream_whose_end_arrives_late_is_booked_ok(stack: Stack) -> None:
             "/cohere/v2/chat",
             "cohere/cohere_chat_v2/stream_v2_message_end_usage.sse",
             "cohere",
-            "unknown",  # Cohere names no model, and the gate reads no Cohere request body
+            "command",  # from the request body: Cohere's responses name no model
             {"input": 69, "output": 110},
         ),
         (

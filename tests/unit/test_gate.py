@@ -167,3 +167,15 @@ async def test_credential_swap() -> None:
     assert isinstance(d, Admit)
     assert dict(d.set_headers)["x-api-key"] == "sk-ant-real"
     assert "x-api-key" not in d.remove_headers  # overwritten, never removed after being set
+
+
+def test_the_body_is_rewritten_only_for_include_usage_providers() -> None:
+    gate = _gate({})
+    body = b'{"model":"command-a-03-2025","stream":true,"messages":[]}'
+    cohere = gate.rewrite_body(body, "cohere")
+    assert cohere.body is None  # Cohere's body is read for its model, never changed
+    assert cohere.request_model == "command-a-03-2025"
+    openai_ = gate.rewrite_body(body, "openai")
+    assert openai_.body is not None
+    assert b'"include_usage":true' in openai_.body
+    assert openai_.request_model == "command-a-03-2025"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tokenbook.request_body import MAX_REWRITE_BYTES, rewrite_for_usage, wants_body
+from tokenbook.request_body import MAX_REWRITE_BYTES, read_model, rewrite_for_usage, wants_body
 
 PROVIDERS = frozenset({"openai"})
 
@@ -46,3 +46,24 @@ def test_wants_body_only_for_chat_posts_of_listed_providers() -> None:
     assert not wants_body(None, "POST", "/v1/chat/completions", None, PROVIDERS)
     too_big = str(MAX_REWRITE_BYTES + 1)
     assert not wants_body("openai", "POST", "/v1/chat/completions", too_big, PROVIDERS)
+
+
+def test_wants_body_for_the_model_where_the_response_names_none() -> None:
+    # Cohere's chat and embed responses name no model, nor do their paths.
+    assert wants_body("cohere", "POST", "/v2/chat", None, PROVIDERS)
+    assert wants_body("cohere", "POST", "/v1/chat/", None, PROVIDERS)
+    assert wants_body("cohere", "POST", "/v2/embed", "100", PROVIDERS)
+    # ... whatever the include_usage set (the option can be switched off)
+    assert wants_body("cohere", "POST", "/v2/chat", None, frozenset())
+    assert not wants_body("cohere", "POST", "/v2/rerank", None, PROVIDERS)
+    assert not wants_body("cohere", "GET", "/v2/chat", None, PROVIDERS)
+    assert not wants_body("mistral", "POST", "/v1/chat", None, PROVIDERS)
+    assert not wants_body("cohere", "POST", "/v2/chat", str(MAX_REWRITE_BYTES + 1), PROVIDERS)
+
+
+def test_read_model_never_rewrites() -> None:
+    r = read_model(b'{"model":"command-a-03-2025","stream":true,"messages":[]}')
+    assert r.body is None
+    assert r.request_model == "command-a-03-2025"
+    assert read_model(b"not json").request_model is None
+    assert read_model(b'{"model":7}').request_model is None

@@ -69,6 +69,7 @@ class GateStream:
         self._p = owner
         self.done = False
         self._awaiting_body = False
+        self._provider = ""
         owner.metrics.tally.add(owner.open_gate)
         self._closed = False
 
@@ -105,6 +106,7 @@ class GateStream:
             return codec.immediate(decision.reply)
         if decision.want_body and not msg.request_headers.end_of_stream:
             self._awaiting_body = True
+            self._provider = provider or ""
             extra = _BUFFER_BODY_OVERRIDE
         else:
             self.done = True
@@ -115,7 +117,7 @@ class GateStream:
 
     def _body(self, body: pb.HttpBody) -> Answer:
         self.done = True
-        rewrite = self._p.gate.rewrite_body(body.body)
+        rewrite = self._p.gate.rewrite_body(body.body, self._provider)
         return codec.continue_request_body(rewrite.body, rewrite.request_model)
 
     def close(self) -> None:
