@@ -6,7 +6,9 @@
   form, `extproc/wire.py`) and as protobuf builds the same message, each with serialization;
 - parsing a meter's response-body message without the gate's metadata, with it (what Envoy
   forwards on every message), and with the same values packed into one field;
-- reading ten request headers (`codec.headers_of`).
+- reading ten request headers (`codec.headers_of`);
+- reading a provider's response headers (22, as OpenAI sends them): all of them, and only the
+  ones the usage adapters use (`codec.response_headers_of`, what the meter does).
 """
 
 from __future__ import annotations
@@ -41,6 +43,32 @@ METADATA = {
     "path": "/openai/v1/chat/completions",
     "admission_id": "a1b2c3d4e5f6",
 }
+# What OpenAI's API answers a streamed chat request with (names as documented / commonly seen).
+RESPONSE_HEADERS = [
+    (":status", "200"),
+    ("date", "Fri, 04 Dec 2026 02:00:00 GMT"),
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("transfer-encoding", "chunked"),
+    ("connection", "keep-alive"),
+    ("access-control-expose-headers", "X-Request-ID"),
+    ("openai-organization", "org-abcdefghijklmnopqrstuvwx"),
+    ("openai-processing-ms", "231"),
+    ("openai-project", "proj_abcdefghijklmnopqrstuvwx"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-remaining-tokens", "29999990"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-reset-tokens", "0s"),
+    ("x-request-id", "req_0123456789abcdef0123456789abcdef"),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+    ("cf-cache-status", "DYNAMIC"),
+    ("set-cookie", "__cf_bm=abcdefghijklmnopqrstuvwxyz; path=/; HttpOnly; Secure"),
+    ("x-content-type-options", "nosniff"),
+    ("server", "cloudflare"),
+    ("cf-ray", "8f0a1b2c3d4e5f60-LAX"),
+]
 CHUNK = (
     b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
     b'"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" hello"}}]}\n\n'
@@ -110,6 +138,24 @@ def main() -> int:
     message = pb.HttpHeaders(headers=headers)
     rows.append(
         ("read ten request headers (codec.headers_of)", best_us(lambda: codec.headers_of(message)))
+    )
+    response = pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in RESPONSE_HEADERS]
+        )
+    )
+    n = len(RESPONSE_HEADERS)
+    rows.append(
+        (
+            f"read {n} response headers, all (headers_of)",
+            best_us(lambda: codec.headers_of(response)),
+        )
+    )
+    rows.append(
+        (
+            f"read {n} response headers, those adapters use (response_headers_of)",
+            best_us(lambda: codec.response_headers_of(response)),
+        )
     )
     width = max(len(label) for label, _ in rows)
     for label, us in rows:

@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from tokenbook.extproc import wire
 from tokenbook.providers import ErrorReply
 from tokenbook.requestinfo import METADATA_NAMESPACE, RequestInfo
+from tokenbook.usage.types import USED_RESPONSE_HEADER_PREFIXES, USED_RESPONSE_HEADERS
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 # The `details` of the gate's immediate responses. Envoy makes it the response code details,
@@ -71,6 +72,27 @@ def _value_str(v: struct_pb2.Value) -> str:
     if kind == "bool_value":
         return "true" if v.bool_value else "false"
     return ""
+
+
+def response_headers_of(msg: pb.HttpHeaders) -> tuple[int, list[tuple[str, str]]]:
+    """``(status, headers)`` of a response: only the headers the usage adapters read.
+
+    A provider's response has twenty or so headers (rate limits, cookies, tracing); decoding
+    all of them was most of the meter's header work for nothing.
+    """
+    status = 0
+    out: list[tuple[str, str]] = []
+    used = USED_RESPONSE_HEADERS
+    prefixes = USED_RESPONSE_HEADER_PREFIXES
+    for h in msg.headers.headers:
+        key = h.key
+        if key == ":status":
+            raw = h.raw_value or h.value.encode()
+            status = int(raw) if raw.isdigit() else 0
+        elif key in used or key.startswith(prefixes):
+            raw = h.raw_value
+            out.append((key, raw.decode("utf-8", "replace") if raw else h.value))
+    return status, out
 
 
 _REQUEST_LINE = frozenset({":path", ":method", "x-request-id"})

@@ -148,12 +148,7 @@ class MeterStream:
             if not session.knows_request and not self._begin(msg):
                 return True  # nothing to book: end the RPC rather than read the body
             rh = msg.response_headers
-            headers = codec.headers_of(rh)
-            status = 0
-            for k, v in headers:
-                if k == ":status":
-                    status = int(v) if v.isdigit() else 0
-                    break
+            status, headers = codec.response_headers_of(rh)
             session.on_response_headers(status, headers, end_of_stream=rh.end_of_stream)
             return bool(rh.end_of_stream)
         if which == "request_headers":

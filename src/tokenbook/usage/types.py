@@ -99,6 +99,14 @@ class Extraction:
     provider_total: int | None = None  # the total the provider states, where it states one
 
 
+# The response headers adapters read (`ResponseContext.response_headers` holds only these): the
+# meter decodes no others, since a provider's response carries twenty or so (rate limits,
+# cookies, tracing) and decoding each costs about a microsecond. A test checks that every
+# header name the usage package reads is covered.
+USED_RESPONSE_HEADERS = frozenset({"content-type", "content-encoding"})
+USED_RESPONSE_HEADER_PREFIXES = ("x-amzn-bedrock-",)  # Bedrock's token-count headers
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseContext:
     """Everything an adapter may use to choose and configure itself. Plain values only."""
@@ -108,7 +116,8 @@ class ResponseContext:
     query: str = ""  # raw query string without '?'
     status: int = 200
     request_headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
-    response_headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    # lower-case names; from the meter, only `USED_RESPONSE_HEADERS` and its prefixes
+    response_headers: Mapping[str, str] = field(default_factory=dict)
     request_model: str | None = None  # from the request body or URL, if known
     max_json_bytes: int = 4 * 1024 * 1024  # cap for buffering a non-streamed JSON body
 
