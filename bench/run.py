@@ -1053,9 +1053,12 @@ def render(doc: Mapping[str, Any]) -> str:
             parts.append("(grpcio is the reference transport; the transport targets are h2's)")
         if any(r["met"] is False for r in rows):
             parts.append(
-                "Where the time goes and what would close a missed target: "
-                "docs/performance.md, and this run's py-spy profile below"
-                " (`--profile none` skips it)."
+                "Where the time goes and what would close a missed target: docs/performance.md"
+                + (
+                    ", and this run's py-spy profile below."
+                    if doc["profiles"]
+                    else " (this run was not profiled: `--profile` adds it)."
+                )
             )
     for prof in doc["profiles"]:
         for workload in PROFILE_WORKLOADS:

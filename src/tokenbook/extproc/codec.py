@@ -1,7 +1,8 @@
 """Translation between Envoy's ext_proc protobuf messages and tokenbook's plain values.
 
-This package is the only one that touches Envoy types (STYLE.md, rule 1). Everything returned
-from here is a str / bytes / tuple / dict.
+This package is the only one that touches Envoy types (STYLE.md, rule 1). What it reads out of
+a message is a str / bytes / tuple / dict; what it answers is a message, or one already in wire
+form (`wire.Encoded`), for the transport to write.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def continue_request_headers(
     The answer is built in wire form (`wire`): the header mutation is serialized once per
     distinct (set, remove) pair and the metadata's per-key entries once per key; only the
     per-request strings are encoded each time. ``extra`` is appended as is: another serialized
-    `ProcessingResponse` part (the `mode_override` of `with_buffered_body`).
+    `ProcessingResponse` part (the gate's `mode_override` that asks for the buffered body).
     """
     sets = tuple(set_headers)
     removes = tuple(remove_headers)
