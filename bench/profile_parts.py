@@ -125,7 +125,10 @@ def part_of(frame: str) -> str | None:
 
 
 def read_stacks(raw: Path) -> list[tuple[list[str], int]]:
-    """py-spy's ``--format raw`` output: one ``frame;frame;... count`` line per stack."""
+    """py-spy's ``--format raw`` output: one ``frame;frame;... count`` line per stack (none if
+    py-spy wrote no file, e.g. when it may not attach to the process)."""
+    if not raw.exists():
+        return []
     stacks = []
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")

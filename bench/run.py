@@ -840,7 +840,12 @@ def run(
     }
     profiles = []
     for s in profile_setups(ns.profile, setups, target_rows):
-        prof = bench.profile(s, PROFILE_S)
+        try:
+            prof = bench.profile(s, PROFILE_S)
+        except Exception as exc:  # the measurements above must reach the JSON all the same
+            log(f"profile {s.name}: failed: {exc!r}")
+            profiles.append({"setup": s.name, "error": repr(exc)})
+            continue
         for workload in PROFILE_WORKLOADS:
             info = prof.get(workload)
             if info:
@@ -1061,36 +1066,36 @@ def render(doc: Mapping[str, Any]) -> str:
                 )
             )
     for prof in doc["profiles"]:
+        if "error" in prof:
+            parts += ["", f"py-spy {prof['setup']}: no profile ({prof['error']})"]
         for workload in PROFILE_WORKLOADS:
             info = prof.get(workload)
             if not info:
                 continue
-            if info.get("parts"):
-                us = info.get("us_per_request")
-                parts += [
-                    "",
-                    f"Where {prof['setup']}'s CPU goes on {workload} (py-spy, {info['samples']}"
-                    f" samples; each to the innermost part it is in"
-                    + (f"; {us:,.0f} µs per request in this run):" if us else "):"),
-                ]
-                parts += profile_parts.table(info["parts"], us)
-                setup = str(prof["setup"])
-                noop = (
-                    doc["summary"]
-                    .get(workload, {})
-                    .get(setup.replace("tokenbook-", "noop-", 1), {})
-                )
-                floor = profile_parts.floor_line(
-                    setup,
-                    (noop.get("extproc_cpu_us") or {}).get("median"),
-                    info["parts"],
-                    us,
-                )
-                if floor and setup.startswith("tokenbook-"):
-                    parts.append(floor)
+            if not info.get("samples"):
+                parts += ["", f"py-spy {prof['setup']} {workload}: no samples ({info['raw']})"]
+                continue
+            us = info.get("us_per_request")
+            parts += [
+                "",
+                f"Where {prof['setup']}'s CPU goes on {workload} (py-spy, {info['samples']}"
+                f" samples; each to the innermost part it is in"
+                + (f"; {us:,.0f} µs per request in this run):" if us else "):"),
+            ]
+            parts += profile_parts.table(info["parts"], us)
+            setup = str(prof["setup"])
+            noop = doc["summary"].get(workload, {}).get(setup.replace("tokenbook-", "noop-", 1), {})
+            floor = profile_parts.floor_line(
+                setup,
+                (noop.get("extproc_cpu_us") or {}).get("median"),
+                info["parts"],
+                us,
+            )
+            if floor and setup.startswith("tokenbook-"):
+                parts.append(floor)
             parts += ["", f"py-spy {prof['setup']} {workload}, top self time: {info['svg']}"]
             parts += [f"  {share * 100:5.1f}%  {name}" for name, share in info["top"][:12]]
-    if any(p.get("json_c32", {}).get("parts") for p in doc["profiles"]):
+    if any(p.get("json_c32", {}).get("samples") for p in doc["profiles"]):
         parts += ["", *profile_parts.CLOSING]
     return "\n".join(parts)
 
