@@ -48,9 +48,8 @@ from tokenbook.providers import ErrorReply, error_reply
 from tokenbook.request_body import (
     DEFAULT_INCLUDE_USAGE_PROVIDERS,
     BodyRewrite,
-    read_model,
-    rewrite_for_usage,
-    wants_body,
+    body_use,
+    handle_body,
 )
 from tokenbook.requestinfo import RequestInfo
 
@@ -65,8 +64,12 @@ class Admit:
     remove_headers: tuple[str, ...]
     metadata: Mapping[str, str]
     decision: str = "allowed"
-    # Ask Envoy for the buffered request body (mode_override), to add include_usage.
-    want_body: bool = False
+    # Ask Envoy for the buffered request body (mode_override), and why (`request_body.body_use`).
+    body_use: str | None = None
+
+    @property
+    def want_body(self) -> bool:
+        return self.body_use is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,7 @@ class Gate:
             remove_headers=tuple(n for n in dict.fromkeys(remove) if n not in set_names),
             metadata=metadata,
             decision=decision,
-            want_body=wants_body(
+            body_use=body_use(
                 req.provider,
                 req.method,
                 req.provider_path,
@@ -236,12 +239,10 @@ class Gate:
             ),
         )
 
-    def rewrite_body(self, body: bytes, provider: str) -> BodyRewrite:
-        """The buffered request body of an admitted request that asked for it (`want_body`):
-        include_usage added for the providers that take it, else only its model read."""
-        if provider in self._policy.include_usage_providers:
-            return rewrite_for_usage(body)
-        return read_model(body)
+    def rewrite_body(self, body: bytes, use: str) -> BodyRewrite:
+        """The buffered request body of an admitted request that asked for it, for the
+        `Admit.body_use` it was asked for: include_usage added, or only its model read."""
+        return handle_body(body, use)
 
     def _credential_for(self, provider: str, record: KeyRecord | None) -> str | None:
         if not self._policy.credential_swap:

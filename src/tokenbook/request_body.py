@@ -33,6 +33,40 @@ _STREAM_PATHS = ("/chat/completions", "/completions")
 MODEL_IN_BODY: dict[str, tuple[str, ...]] = {"cohere": ("/chat", "/embed")}
 
 
+#: What the gate asks for a request's body for (`body_use`).
+INCLUDE_USAGE = "include_usage"  # possibly add stream_options.include_usage (`rewrite_for_usage`)
+READ_MODEL = "read_model"  # only read its model, never change it (`read_model`)
+
+
+def body_use(
+    provider: str | None,
+    method: str,
+    provider_path: str,
+    content_length: str | None,
+    providers: Collection[str],
+) -> str | None:
+    """Why the gate should ask Envoy for this request's body, if it should: `INCLUDE_USAGE`
+    for the streaming APIs of ``providers``, `READ_MODEL` where nothing else names the model
+    (`MODEL_IN_BODY`). Decided once, with the path, so a body is never rewritten for an API
+    that only had its model read."""
+    if provider is None or method != "POST":
+        return None
+    path = provider_path.rstrip("/")
+    if provider in providers and path.endswith(_STREAM_PATHS):
+        use = INCLUDE_USAGE
+    elif path.endswith(MODEL_IN_BODY.get(provider, ())):
+        use = READ_MODEL
+    else:
+        return None
+    if content_length is not None:
+        try:
+            if int(content_length) > MAX_REWRITE_BYTES:
+                return None
+        except ValueError:
+            return None
+    return use
+
+
 def wants_body(
     provider: str | None,
     method: str,
@@ -40,21 +74,13 @@ def wants_body(
     content_length: str | None,
     providers: Collection[str],
 ) -> bool:
-    """Should the gate ask Envoy for this request's body: to possibly add include_usage
-    (``providers``), or to read the model where nothing else names it (`MODEL_IN_BODY`)?"""
-    if provider is None or method != "POST":
-        return False
-    path = provider_path.rstrip("/")
-    rewritable = provider in providers and path.endswith(_STREAM_PATHS)
-    if not rewritable and not path.endswith(MODEL_IN_BODY.get(provider, ())):
-        return False
-    if content_length is not None:
-        try:
-            if int(content_length) > MAX_REWRITE_BYTES:
-                return False
-        except ValueError:
-            return False
-    return True
+    """Should the gate ask Envoy for this request's body (`body_use`, for any reason)?"""
+    return body_use(provider, method, provider_path, content_length, providers) is not None
+
+
+def handle_body(body: bytes, use: str) -> BodyRewrite:
+    """What the gate does with a body it asked for: `rewrite_for_usage` or `read_model`."""
+    return rewrite_for_usage(body) if use == INCLUDE_USAGE else read_model(body)
 
 
 @dataclass(frozen=True, slots=True)

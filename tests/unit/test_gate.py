@@ -13,6 +13,7 @@ from tokenbook.attribution.keys import generate_key, hash_key
 from tokenbook.attribution.model import Attribution, KeyRecord
 from tokenbook.attribution.registry import RegistryUnavailable
 from tokenbook.gate import Admit, Gate, GatePolicy, Refuse
+from tokenbook.request_body import READ_MODEL, body_use
 from tokenbook.requestinfo import RequestInfo
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -172,10 +173,24 @@ async def test_credential_swap() -> None:
 def test_the_body_is_rewritten_only_for_include_usage_providers() -> None:
     gate = _gate({})
     body = b'{"model":"command-a-03-2025","stream":true,"messages":[]}'
-    cohere = gate.rewrite_body(body, "cohere")
+    providers = GatePolicy().include_usage_providers
+    cohere_use = body_use("cohere", "POST", "/v2/chat", None, providers)
+    assert cohere_use is not None
+    cohere = gate.rewrite_body(body, cohere_use)
     assert cohere.body is None  # Cohere's body is read for its model, never changed
     assert cohere.request_model == "command-a-03-2025"
-    openai_ = gate.rewrite_body(body, "openai")
+    openai_use = body_use("openai", "POST", "/v1/chat/completions", None, providers)
+    assert openai_use is not None
+    openai_ = gate.rewrite_body(body, openai_use)
     assert openai_.body is not None
     assert b'"include_usage":true' in openai_.body
     assert openai_.request_model == "command-a-03-2025"
+
+
+def test_a_body_read_for_its_model_is_never_rewritten_whatever_the_provider_list() -> None:
+    # An operator listing cohere in include_usage_providers: its chat API is not a Chat
+    # Completions one, so its body is still only read.
+    use = body_use("cohere", "POST", "/v2/chat", None, frozenset({"cohere", "openai"}))
+    assert use == READ_MODEL
+    body = b'{"model":"command-a-03-2025","stream":true,"messages":[]}'
+    assert _gate({}).rewrite_body(body, use).body is None

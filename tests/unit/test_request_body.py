@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import orjson
 
-from tokenbook.request_body import MAX_REWRITE_BYTES, read_model, rewrite_for_usage, wants_body
+from tokenbook.request_body import (
+    INCLUDE_USAGE,
+    MAX_REWRITE_BYTES,
+    READ_MODEL,
+    body_use,
+    read_model,
+    rewrite_for_usage,
+    wants_body,
+)
 
 PROVIDERS = frozenset({"openai"})
 
@@ -67,3 +75,9 @@ def test_read_model_never_rewrites() -> None:
     assert r.request_model == "command-a-03-2025"
     assert read_model(b"not json").request_model is None
     assert read_model(b'{"model":7}').request_model is None
+
+
+def test_body_use_names_why_the_body_is_asked_for() -> None:
+    assert body_use("openai", "POST", "/v1/chat/completions", None, PROVIDERS) == INCLUDE_USAGE
+    assert body_use("cohere", "POST", "/v2/chat", None, PROVIDERS) == READ_MODEL
+    assert body_use("openai", "POST", "/v1/embeddings", None, PROVIDERS) is None

@@ -68,8 +68,7 @@ class GateStream:
     def __init__(self, owner: Processors) -> None:
         self._p = owner
         self.done = False
-        self._awaiting_body = False
-        self._provider = ""
+        self._body_use: str | None = None  # the body was asked for, and why
         owner.metrics.tally.add(owner.open_gate)
         self._closed = False
 
@@ -77,8 +76,9 @@ class GateStream:
         which = msg.WhichOneof("request")
         if which == "request_headers":
             return await self._headers(msg)
-        if which == "request_body" and self._awaiting_body:
-            return self._body(msg.request_body)
+        use = self._body_use
+        if which == "request_body" and use is not None:
+            return self._body(msg.request_body, use)
         # Only the phases above are subscribed; answer anything else with its own oneof set so a
         # misconfigured filter degrades to pass-through instead of a protocol error (a 500).
         self.done = True
@@ -104,9 +104,8 @@ class GateStream:
             p.booker.book_denied(provider or "unknown", {}, "unknown")
             self.done = True
             return codec.immediate(decision.reply)
-        if decision.want_body and not msg.request_headers.end_of_stream:
-            self._awaiting_body = True
-            self._provider = provider or ""
+        if decision.body_use is not None and not msg.request_headers.end_of_stream:
+            self._body_use = decision.body_use
             extra = _BUFFER_BODY_OVERRIDE
         else:
             self.done = True
@@ -115,9 +114,9 @@ class GateStream:
             decision.set_headers, decision.remove_headers, decision.metadata, extra=extra
         )
 
-    def _body(self, body: pb.HttpBody) -> Answer:
+    def _body(self, body: pb.HttpBody, use: str) -> Answer:
         self.done = True
-        rewrite = self._p.gate.rewrite_body(body.body, self._provider)
+        rewrite = self._p.gate.rewrite_body(body.body, use)
         return codec.continue_request_body(rewrite.body, rewrite.request_model)
 
     def close(self) -> None:
