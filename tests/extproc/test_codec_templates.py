@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,8 +57,6 @@ def test_per_request_values_do_not_leak_between_requests() -> None:
 def test_varint_is_protobufs(n: int) -> None:
     # A Struct holding one string of n bytes would be too big past a few MB: compare with the
     # varint protobuf writes for an int64 field instead (field 1, wire type 0).
-    from google.protobuf import wrappers_pb2
-
     assert wrappers_pb2.Int64Value(value=n).SerializeToString() == (
         b"\x08" + wire.varint(n) if n else b""
     )

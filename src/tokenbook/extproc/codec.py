@@ -207,16 +207,14 @@ def continue_request_headers(
         _templates[(sets, removes)] = template
     if not metadata:
         return wire.Encoded(template + extra)
-    static = []
-    entries = [b""]
-    per_request = _PER_REQUEST_METADATA
-    entry = wire.string_entry
+    static: list[tuple[str, str]] = []
+    fresh: list[bytes] = []
     for k, v in metadata.items():
-        if k in per_request:
-            entries.append(entry(k, v))
+        if k in _PER_REQUEST_METADATA:
+            fresh.append(wire.string_entry(k, v))
         else:
             static.append((k, v))
-    entries[0] = wire.string_entries(tuple(static))
+    entries = (wire.string_entries(tuple(static)), *fresh)
     return wire.Encoded(template + wire.dynamic_metadata(METADATA_NAMESPACE, entries) + extra)
 
 

@@ -54,10 +54,6 @@ _VALUE_STRUCT = _tag(struct_pb2.Value.DESCRIPTOR, "struct_value")
 _DYNAMIC_METADATA = _tag(pb.ProcessingResponse.DESCRIPTOR, "dynamic_metadata")
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
-
-
 _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 _NAME_PREFIXES: dict[str, bytes] = {}
 
@@ -108,12 +104,11 @@ def dynamic_metadata(namespace: str, entries: Iterable[bytes]) -> bytes:
     """``ProcessingResponse.dynamic_metadata`` holding one namespace, a ``Struct`` made of
     ``entries`` (each from `string_entry`), as a field to append to a serialized answer."""
     struct = b"".join(entries)
-    value_n = len(struct)
-    value_head = _VALUE_STRUCT + varint(value_n)
+    value_head = _VALUE_STRUCT + varint(len(struct))  # Value { struct_value = ... }
+    value_n = len(value_head) + len(struct)
+    value_len = varint(value_n)
     prefix = _name_prefix(namespace)
-    entry_n = len(prefix) + len(value_head) + value_n
-    value_len = varint(len(value_head) + value_n)
-    entry_n += len(value_len)
+    entry_n = len(prefix) + len(value_len) + value_n  # the map entry namespace -> Value
     entry_len = varint(entry_n)
     total = len(_STRUCT_FIELDS) + len(entry_len) + entry_n
     return b"".join(
