@@ -19,6 +19,7 @@ from collections.abc import Callable
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
+from processor_bench import header_map, request_headers
 
 from tokenbook.extproc import codec
 from tokenbook.requestinfo import METADATA_NAMESPACE
@@ -73,18 +74,6 @@ CHUNK = (
     b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
     b'"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" hello"}}]}\n\n'
 )
-HEADERS = [
-    (":authority", "127.0.0.1:10000"),
-    (":path", "/openai/v1/chat/completions"),
-    (":method", "POST"),
-    (":scheme", "http"),
-    ("authorization", "Bearer tb_k3fz6b2m7qaw_c2VjcmV0c2VjcmV0c2VjcmV0"),
-    ("content-type", "application/json"),
-    ("content-length", "112"),
-    ("user-agent", "wrk"),
-    ("x-forwarded-proto", "http"),
-    ("x-request-id", "0f0e9a8c-1d2e-4f5a-9b8c-7d6e5f4a3b2c"),
-]
 
 
 def best_us(fn: Callable[[], object], number: int = 20_000) -> float:
@@ -132,18 +121,16 @@ def main() -> int:
                 best_us(lambda raw=raw: pb.ProcessingRequest.FromString(raw)),
             )
         )
-    headers = base_pb2.HeaderMap(
-        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in HEADERS]
+    # What Envoy sends the gate for the bench's requests (`processor_bench.request_headers`).
+    message = pb.HttpHeaders(
+        headers=header_map(
+            request_headers("tb_k3fz6b2m7qaw_c2VjcmV0c2VjcmV0c2VjcmV0", METADATA["request_id"])
+        )
     )
-    message = pb.HttpHeaders(headers=headers)
     rows.append(
         ("read ten request headers (codec.headers_of)", best_us(lambda: codec.headers_of(message)))
     )
-    response = pb.HttpHeaders(
-        headers=base_pb2.HeaderMap(
-            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in RESPONSE_HEADERS]
-        )
-    )
+    response = pb.HttpHeaders(headers=header_map(RESPONSE_HEADERS))
     n = len(RESPONSE_HEADERS)
     rows.append(
         (
